@@ -1,0 +1,117 @@
+"""The `handler:` section of a model's model-config.yaml, validated, with defaults.
+
+Standard library only: `transerve.spec` validates specs with the same code at build
+time, so a wrong value fails on the operator's machine, not inside a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or has the wrong type; the message names where."""
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(c) for c in typing.get_args(tp))
+    if origin is typing.Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin is typing.Union:
+        return any(_matches(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, tp)
+
+
+T = typing.TypeVar("T")
+
+
+def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Build `cls` from a mapping, refusing unknown keys and values of the wrong type.
+
+    `where` prefixes every message (a file and section, say), so an error reads
+    `models/x/model.yaml: handler.pooling: expected 'mean' | 'cls', got 'max'`.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
+        )
+    for key, value in data.items():
+        if not _matches(value, hints[key]):
+            raise ConfigError(
+                f"{where}.{key}: expected {_describe(hints[key])}, got {value!r}"
+            )
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+    obj = cls(**data)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        for key, problem in check():
+            raise ConfigError(f"{where}.{key}: {problem}")
+    return obj
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """What the handler needs to know beyond the model files; every key has a default."""
+
+    task: Literal["embedding"]
+    # Tokens per input; None = the smaller of the tokenizer's and the model's limit.
+    max_length: Optional[int] = None
+    # Over max_length: cut (True) or refuse the input with 413 (False).
+    truncate: bool = True
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    # Input limits, checked before anything reaches the model.
+    max_inputs_per_request: int = 64
+    max_chars_per_input: int = 20_000
+    # torch intra-op threads for this worker; None leaves torch's default.
+    threads: Optional[int] = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def check(self):
+        for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                yield key, f"expected a positive integer, got {value!r}"
+
+    @classmethod
+    def from_model_config(cls, model_yaml_config: Mapping[str, Any] | None) -> "HandlerConfig":
+        section = (model_yaml_config or {}).get("handler")
+        return parse_dataclass(cls, section, "model-config.yaml: handler")

@@ -1,0 +1,72 @@
+"""TransformersHandler: TorchServe's four methods wired to one task; nothing else lives here.
+
+TorchServe imports this file as the top-level module `handler` from the archive root, so
+imports are absolute (`handlers.…`, bundled beside it) and this module defines exactly one
+class: TorchServe instantiates the only class it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from handlers.config import HandlerConfig
+from handlers.device import configure_threads, pick_device
+from handlers.payload import InputError, decode
+from handlers.tasks import task_class
+
+logger = logging.getLogger(__name__)
+
+
+class TransformersHandler(BaseHandler):
+    def initialize(self, context):
+        started = time.perf_counter()
+        properties = context.system_properties
+        self.manifest = context.manifest
+        self.cfg = HandlerConfig.from_model_config(context.model_yaml_config)
+        self.device = pick_device(properties.get("gpu_id"))
+        threads = configure_threads(self.cfg)
+        self.task = task_class(self.cfg.task)()
+        self.task.load(properties["model_dir"], self.cfg, self.device)
+        self.initialized = True
+        logger.info(
+            "transerve: %s task=%s loaded on %s (dtype %s, %d torch threads) in %.2fs",
+            context.model_name, self.cfg.task, self.device, self.cfg.dtype, threads,
+            time.perf_counter() - started,
+        )
+
+    def preprocess(self, data):
+        """Parse every request; one bad request is remembered by index, not raised."""
+        items = []
+        for row in data:
+            try:
+                payload = decode(row, self.cfg.max_inputs_per_request, self.cfg.max_chars_per_input)
+                items.append(self.task.parse(payload))
+            except InputError as e:
+                items.append(e)
+        accepted = [item for item in items if not isinstance(item, InputError)]
+        return items, self.task.collate(accepted)
+
+    def inference(self, data, *args, **kwargs):
+        items, batch = data
+        with torch.inference_mode():
+            return items, self.task.forward(batch)
+
+    def postprocess(self, data):
+        """One answer per request, in order: its own outputs, or its own 4xx."""
+        items, outputs = data
+        answers, position = [], 0
+        for idx, item in enumerate(items):
+            error = item if isinstance(item, InputError) else item.error
+            if error is not None:
+                self.context.set_response_status(error.status, error.message, idx)
+                answers.append(error.body())
+                continue
+            own = outputs[position : position + item.size]
+            position += item.size
+            answers.append(json.dumps(self.task.encode(item, own)))
+        return answers

@@ -1,0 +1,89 @@
+"""Request body -> Payload (inputs + parameters); anything malformed -> InputError (4xx)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class InputError(Exception):
+    """A request the caller must fix; `status` is the HTTP status it is answered with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def body(self) -> str:
+        return json.dumps({"code": self.status, "type": "InputError", "message": self.message})
+
+
+EXAMPLE = '{"inputs": ["first text", "second text"], "parameters": {}}'
+TOP_LEVEL_KEYS = ("inputs", "parameters")
+
+
+@dataclass
+class Payload:
+    """One request's inputs, always a list, and whether the caller sent a single string."""
+
+    inputs: list[str]
+    single: bool
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _body_of(row: Any) -> Any:
+    # TorchServe hands each request as {"body": ...} (or "data" for form fields); JSON
+    # bodies arrive parsed, text bodies as str, and anything it could not decode as bytes.
+    if isinstance(row, dict):
+        for key in ("body", "data"):
+            if key in row:
+                return row[key]
+    return row
+
+
+def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
+    """Turn one TorchServe request row into a Payload, or raise InputError saying why not."""
+    body = _body_of(row)
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"body is not valid UTF-8 (byte {e.start}); send UTF-8 text or JSON") from None
+        body = text
+        if text.lstrip().startswith(("{", "[")):
+            try:
+                body = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. {EXAMPLE}") from None
+    if isinstance(body, str):
+        return Payload(inputs=[_check_text(body, 0, max_chars)], single=True)
+    if not isinstance(body, dict):
+        raise InputError(f"body must be a JSON object or plain text, got a JSON {type(body).__name__}; expected e.g. {EXAMPLE}")
+    unknown = sorted(set(body) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise InputError(f"unknown key {unknown[0]!r} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
+    if "inputs" not in body:
+        raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}")
+    raw, parameters = body["inputs"], body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}")
+    if isinstance(raw, str):
+        return Payload(inputs=[_check_text(raw, 0, max_chars)], single=True, parameters=parameters)
+    if not isinstance(raw, list):
+        raise InputError(f"'inputs' must be a string or a list of strings, got {type(raw).__name__}")
+    if not raw:
+        raise InputError("'inputs' is an empty list; send at least one string")
+    if len(raw) > max_inputs:
+        raise InputError(f"{len(raw)} inputs in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413)
+    return Payload(inputs=[_check_text(t, i, max_chars) for i, t in enumerate(raw)], single=False, parameters=parameters)
+
+
+def _check_text(text: Any, index: int, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise InputError(f"inputs[{index}] must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError(f"inputs[{index}] is empty; send some text")
+    if len(text) > max_chars:
+        raise InputError(f"inputs[{index}] has {len(text)} characters; the limit is {max_chars} (max_chars_per_input)", status=413)
+    return text

@@ -1,0 +1,130 @@
+"""The small contract every task implements, and the tokenizing both text encoders share."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from handlers.config import ConfigError, HandlerConfig, parse_dataclass
+from handlers.payload import InputError, Payload
+
+
+@dataclass
+class Item:
+    """One request as a task sees it: its payload, validated parameters, and its fate."""
+
+    payload: Payload
+    params: Any
+    error: InputError | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload.inputs)
+
+
+class Task(abc.ABC):
+    """load once; then per TorchServe batch: parse each request, collate, forward, encode.
+
+    `forward` gets the inputs of every item `collate` accepted, flattened in order, and
+    returns one output per input; the handler gives each item back its own slice.
+    """
+
+    Params: type  # dataclass of the per-request `parameters` this task accepts
+
+    @abc.abstractmethod
+    def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None: ...
+
+    def parse(self, payload: Payload) -> Item:
+        try:
+            params = parse_dataclass(self.Params, payload.parameters, "parameters")
+        except ConfigError as e:
+            raise InputError(str(e)) from None
+        return Item(payload, params)
+
+    @abc.abstractmethod
+    def collate(self, items: Sequence[Item]) -> Any:
+        """One model batch from the items' inputs; may reject an item by setting its error."""
+
+    @abc.abstractmethod
+    def forward(self, batch: Any) -> list: ...
+
+    @abc.abstractmethod
+    def encode(self, item: Item, outputs: list) -> Any:
+        """The JSON-able answer to one request from its own outputs."""
+
+
+@dataclass
+class Tokens:
+    """A padded batch: ids and mask on the device, and each row's true length."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: list[int]
+
+
+def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate_default: bool) -> list[list[int]]:
+    """Token ids for every input of every item in one tokenizer call, cut at max_length.
+
+    An item whose parameters (or the config) forbid truncation and that has an input
+    longer than max_length is rejected with 413 and contributes no rows.
+    """
+    texts = [text for item in items for text in item.payload.inputs]
+    if not texts:
+        return []
+    enc = tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        return_overflowing_tokens=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    # With overflow on, an input longer than max_length yields several rows; the first
+    # is the truncated input, and any further row tells that it was cut.
+    first: dict[int, list[int]] = {}
+    overflowed: set[int] = set()
+    for ids, sample in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
+        if sample in first:
+            overflowed.add(sample)
+        else:
+            first[sample] = ids
+    rows: list[list[int]] = []
+    position = 0
+    for item in items:
+        span = range(position, position + item.size)
+        position += item.size
+        truncate = getattr(item.params, "truncate", None)
+        truncate = truncate_default if truncate is None else truncate
+        too_long = [i - span.start for i in span if i in overflowed]
+        if too_long and not truncate:
+            item.error = InputError(
+                f"inputs[{too_long[0]}] is longer than {max_length} tokens (max_length) and truncation is off; "
+                "shorten it or send parameters.truncate=true",
+                status=413,
+            )
+            continue
+        rows.extend(first[i] for i in span)
+    return rows
+
+
+def pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> Tokens:
+    """Pad to the longest row of this batch (never to max_length)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return Tokens(ids.to(device), mask.to(device), [len(r) for r in rows])
+
+
+def model_max_length(tokenizer, model_config, configured: int | None) -> int:
+    """The configured limit, else the smaller of the tokenizer's and the model's own."""
+    limits = [configured] if configured else []
+    limits.append(getattr(model_config, "max_position_embeddings", None) or 512)
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits)

@@ -1,0 +1,73 @@
+"""Sentence embeddings: AutoModel, pooling over the attention mask, optional L2 norm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+from handlers.config import HandlerConfig
+from handlers.tasks.base import Item, Task, Tokens, model_max_length, pad, tokenize
+
+
+@dataclass(frozen=True)
+class EmbeddingParams:
+    normalize: Optional[bool] = None  # None: the model's configured default
+    truncate: Optional[bool] = None
+
+
+@dataclass
+class EmbeddingBatch:
+    tokens: Tokens
+    normalize: torch.Tensor  # one flag per row
+
+
+class EmbeddingTask(Task):
+    Params = EmbeddingParams
+
+    def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModel.from_pretrained(
+            model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=True
+        ).to(device).eval()
+        self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
+
+    def collate(self, items: Sequence[Item]) -> EmbeddingBatch | None:
+        rows = tokenize(self.tokenizer, items, self.max_length, self.cfg.truncate)
+        if not rows:
+            return None
+        flags = [
+            self.cfg.normalize if item.params.normalize is None else item.params.normalize
+            for item in items
+            if item.error is None
+            for _ in item.payload.inputs
+        ]
+        return EmbeddingBatch(
+            pad(rows, self.tokenizer.pad_token_id or 0, self.device),
+            torch.tensor(flags, device=self.device),
+        )
+
+    def forward(self, batch: EmbeddingBatch | None) -> list:
+        if batch is None:
+            return []
+        mask = batch.tokens.attention_mask
+        hidden = self.model(input_ids=batch.tokens.input_ids, attention_mask=mask).last_hidden_state
+        if self.cfg.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        pooled = pooled.float()
+        pooled = torch.where(batch.normalize.unsqueeze(-1), F.normalize(pooled, dim=-1), pooled)
+        return list(zip(pooled.cpu().tolist(), batch.tokens.lengths))
+
+    def encode(self, item: Item, outputs: list) -> dict:
+        return {
+            "embeddings": [vector for vector, _ in outputs],
+            "dimensions": len(outputs[0][0]),
+            "input_tokens": sum(n for _, n in outputs),
+        }

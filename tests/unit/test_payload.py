@@ -1,0 +1,54 @@
+"""Request bodies -> Payload, or an InputError with the status and a message that says what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from handlers.payload import InputError, decode
+
+
+def body(value):
+    return {"body": value}
+
+
+@pytest.mark.parametrize(
+    "value, inputs, single, parameters",
+    [
+        ({"inputs": "one"}, ["one"], True, {}),
+        ({"inputs": ["a", "b"], "parameters": {"normalize": False}}, ["a", "b"], False, {"normalize": False}),
+        ("plain text body", ["plain text body"], True, {}),
+        (b"raw bytes text", ["raw bytes text"], True, {}),
+        (b'{"inputs": ["from bytes"]}', ["from bytes"], False, {}),
+        (bytearray("ünïcode".encode()), ["ünïcode"], True, {}),
+        ({"inputs": "x", "parameters": None}, ["x"], True, {}),
+    ],
+)
+def test_good_bodies_decode(value, inputs, single, parameters):
+    payload = decode(body(value), max_inputs=4, max_chars=100)
+    assert (payload.inputs, payload.single, payload.parameters) == (inputs, single, parameters)
+
+
+@pytest.mark.parametrize(
+    "value, status, message",
+    [
+        (b"\xff\xfe\x00", 400, "not valid UTF-8"),
+        (b'{"inputs": ', 400, "not valid JSON"),
+        ([1, 2], 400, "JSON object or plain text, got a JSON list"),
+        (42, 400, "got a JSON int"),
+        ({"text": "x"}, 400, "unknown key 'text'"),
+        ({"parameters": {}}, 400, "has no 'inputs'"),
+        ({"inputs": 3}, 400, "'inputs' must be a string or a list of strings, got int"),
+        ({"inputs": []}, 400, "empty list"),
+        ({"inputs": ["ok", 7]}, 400, r"inputs\[1\] must be a string, got int"),
+        ({"inputs": ["ok", "  "]}, 400, r"inputs\[1\] is empty"),
+        ({"inputs": ""}, 400, r"inputs\[0\] is empty"),
+        ({"inputs": "x", "parameters": [1]}, 400, "'parameters' must be an object"),
+        ({"inputs": ["a"] * 5}, 413, "5 inputs in one request; the limit is 4"),
+        ({"inputs": "y" * 101}, 413, r"101 characters; the limit is 100"),
+        ("z" * 101, 413, r"the limit is 100"),
+    ],
+)
+def test_bad_bodies_raise_input_error(value, status, message):
+    with pytest.raises(InputError, match=message) as caught:
+        decode(body(value), max_inputs=4, max_chars=100)
+    assert caught.value.status == status

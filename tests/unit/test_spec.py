@@ -1,0 +1,86 @@
+"""The spec loader: valid specs resolve per version; every mistake names file, key and expectation."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from transerve.spec import SpecError, all_specs, load_spec
+
+GOOD = """
+    name: tiny
+    task: embedding
+    source: {dir: ./weights}
+    handler: {max_length: 64}
+    runtime: {batchSize: 8, maxBatchDelay: 5}
+    versions:
+      "1.0": {}
+      "2.0": {handler: {normalize: false}, runtime: {batchSize: 4}}
+"""
+
+
+def write(tmp_path, text: str):
+    folder = tmp_path / "tiny"
+    folder.mkdir(exist_ok=True)
+    path = folder / "model.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_version_overrides_merge_over_model_settings(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    one, two = spec.version("1.0"), spec.version("2.0")
+    assert (one.handler.max_length, one.handler.normalize, one.runtime.batchSize) == (64, True, 8)
+    assert (two.handler.max_length, two.handler.normalize, two.runtime.batchSize) == (64, False, 4)
+    assert two.runtime.maxBatchDelay == 5
+    assert spec.default_version == "2.0"
+    assert two.archive_name == "tiny-2.0.mar"
+    assert two.model_config()["handler"]["task"] == "embedding"
+    assert two.source_dir() == (tmp_path / "tiny" / "weights").resolve()
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (("handler: {max_length: 64}", "handler: {max_lenght: 64}"), r"handler: unknown key 'max_lenght'; known keys: .*max_length"),
+        (("handler: {max_length: 64}", "handler: {max_length: many}"), r"handler\.max_length: expected int or null, got 'many'"),
+        (("handler: {max_length: 64}", "handler: {pooling: max}"), r"handler\.pooling: expected 'mean' \| 'cls', got 'max'"),
+        (("handler: {max_length: 64}", "handler: {max_length: 0}"), r"handler\.max_length: expected a positive integer, got 0"),
+        (("source: {dir: ./weights}\n", ""), r"missing required key 'source'"),
+        (("source: {dir: ./weights}", "source: {}"), r"source\.package: give exactly one of source.package or source.dir"),
+        (("task: embedding", "task: translation"), r"handler\.task: expected 'embedding'"),
+        (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {batchSize: '8'}"), r"runtime\.batchSize: expected int, got '8'"),
+        (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {minWorkers: 3, maxWorkers: 2}"), r"runtime\.maxWorkers: 2 is below minWorkers 3"),
+        (('"2.0": {handler: {normalize: false}, runtime: {batchSize: 4}}', '"2.0": {handler: {normalize: "no"}}'), r"versions\.2\.0: handler\.normalize: expected bool, got 'no'"),
+        (('"2.0": {handler: {normalize: false}, runtime: {batchSize: 4}}', '"2.0": {weights: x}'), r"versions\.2\.0: unknown key 'weights'"),
+        (('"1.0": {}', "1.0: {}"), r"version 1\.0 must be a quoted string"),
+        (("name: tiny", "name: tiny\nflavour: vanilla"), r"unknown key 'flavour'"),
+    ],
+)
+def test_spec_errors_name_file_key_and_expectation(tmp_path, change, expected):
+    old, new = change
+    text = textwrap.dedent(GOOD)
+    assert old in text
+    path = write(tmp_path, text.replace(old, new))
+    with pytest.raises(SpecError, match=expected) as caught:
+        load_spec(path)
+    assert str(path) in str(caught.value)
+
+
+def test_unknown_version_lists_known_ones(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    with pytest.raises(SpecError, match=r"no version '3\.0'; known: 1\.0, 2\.0"):
+        spec.version("3.0")
+
+
+def test_missing_spec_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "nope" / "model.yaml")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(write(tmp_path, "name: [unclosed"))
+
+
+def test_shipped_specs_are_valid():
+    names = [spec.name for spec in all_specs()]
+    assert "minilm-embed" in names

@@ -1,0 +1,166 @@
+"""One model version -> model_store/<name>-<version>.mar, built by torch-model-archiver.
+
+The archive holds the model files, the `handlers/` package and a generated
+model-config.yaml (TorchServe's runtime keys plus the `handler:` section). Its path, size
+and sha256 are recorded in model_store/index.json with a digest of everything that went
+in, so building again with unchanged inputs reuses the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from transerve.spec import REPO, ModelVersion, SpecError
+
+HANDLERS_DIR = REPO / "handlers"
+STORE = REPO / "model_store"
+INDEX = "index.json"
+# Weights in these formats unpickle arbitrary code; only safetensors goes into an archive.
+PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+SKIPPED = (".gitattributes", "README.md")
+# Bump when the archive layout changes, so old archives are not reused.
+LAYOUT = "1"
+
+
+class ArchiveError(RuntimeError):
+    """The archiver failed; the message carries its output."""
+
+
+@dataclass(frozen=True)
+class ArchiveRecord:
+    path: str
+    model: str
+    version: str
+    size: int
+    sha256: str
+    inputs: str
+    built_at: float
+    reused: bool = False
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _model_files(mv: ModelVersion) -> list[Path]:
+    source = mv.source_dir()
+    if not source.is_dir():
+        raise SpecError(f"{mv.spec_file}: source: {source} is not a directory")
+    files = [
+        p for p in sorted(source.rglob("*"))
+        if p.is_file() and p.name not in SKIPPED and p.suffix not in PICKLED and "__pycache__" not in p.parts
+    ]
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise SpecError(f"{mv.spec_file}: source: no *.safetensors weights in {source}")
+    return files
+
+
+def _handler_files() -> list[Path]:
+    return [p for p in sorted(HANDLERS_DIR.rglob("*.py")) if "__pycache__" not in p.parts]
+
+
+def model_config_text(mv: ModelVersion) -> str:
+    return yaml.safe_dump(mv.model_config(), sort_keys=True)
+
+
+def inputs_digest(mv: ModelVersion) -> str:
+    """A digest of everything that goes into the archive: same digest, same archive."""
+    digest = hashlib.sha256(f"layout {LAYOUT}\n{mv.name} {mv.version}\n{model_config_text(mv)}".encode())
+    source = mv.source_dir()
+    for path in _model_files(mv):
+        digest.update(f"model/{path.relative_to(source)} {file_sha256(path)}\n".encode())
+    for path in _handler_files():
+        digest.update(f"handlers/{path.relative_to(HANDLERS_DIR)} {file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def stage(mv: ModelVersion, dest: Path) -> Path:
+    """Lay out the archive's contents in `dest`: what a worker's model directory will hold.
+
+    Model files are linked, not copied; the archiver copies them into the archive.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    source = mv.source_dir()
+    for path in _model_files(mv):
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path)
+    for path in _handler_files():
+        target = dest / "handlers" / path.relative_to(HANDLERS_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    # TorchServe imports the handler from the archive root, as the module `handler`.
+    shutil.copy2(HANDLERS_DIR / "handler.py", dest / "handler.py")
+    (dest / "model-config.yaml").write_text(model_config_text(mv))
+    return dest
+
+
+def read_index(store: Path) -> dict:
+    path = store / INDEX
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_index(store: Path, index: dict) -> None:
+    tmp = store / f".{INDEX}.tmp"
+    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, store / INDEX)
+
+
+def build(mv: ModelVersion, store: Path = STORE, force: bool = False, log=print) -> ArchiveRecord:
+    """Build (or reuse) the archive of one model version; returns its record."""
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / mv.archive_name
+    digest = inputs_digest(mv)
+    known = read_index(store).get(mv.archive_name)
+    if (
+        not force and known and known["inputs"] == digest
+        and target.exists() and file_sha256(target) == known["sha256"]
+    ):
+        return ArchiveRecord(**{**known, "path": str(target), "reused": True})
+
+    log(f"building {mv.archive_name} ...")
+    with tempfile.TemporaryDirectory(prefix="transerve-archive-") as tmp:
+        tmp = Path(tmp)
+        staged = stage(mv, tmp / "stage")
+        out = tmp / "out"
+        out.mkdir()
+        (tmp / "work").mkdir()
+        command = [
+            sys.executable, "-m", "model_archiver.model_packaging",
+            "--model-name", mv.name,
+            "--version", mv.version,
+            "--handler", str(staged / "handler.py"),
+            "--config-file", str(staged / "model-config.yaml"),
+            "--extra-files", str(staged),
+            "--export-path", str(out),
+        ]
+        # The archiver stages in $TMPDIR/<model name>; a private TMPDIR keeps two builds apart.
+        env = {**os.environ, "TMPDIR": str(tmp / "work")}
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ArchiveError(f"torch-model-archiver failed for {mv.archive_name}:\n{done.stdout}{done.stderr}")
+        os.replace(out / f"{mv.name}.mar", target)
+
+    record = ArchiveRecord(
+        path=str(target), model=mv.name, version=mv.version, size=target.stat().st_size,
+        sha256=file_sha256(target), inputs=digest, built_at=time.time(),
+    )
+    index = read_index(store)
+    index[mv.archive_name] = {k: v for k, v in asdict(record).items() if k not in ("path", "reused")}
+    _write_index(store, index)
+    return record

@@ -1,0 +1,186 @@
+"""Typed clients of TorchServe's management and inference APIs (token aware).
+
+TorchServe's error bodies ({"code", "type", "message"}) become ApiError with the
+server's own message, so a user sees "Model not found: x", not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+
+class ApiError(RuntimeError):
+    """TorchServe refused a call; `status` and `message` are the server's."""
+
+    def __init__(self, status: int, message: str, kind: str = ""):
+        super().__init__(f"{status} {kind + ': ' if kind else ''}{message}")
+        self.status, self.message, self.kind = status, message, kind
+
+
+def key_reader(key_file: Path, kind: str) -> Callable[[], str | None]:
+    """Read `kind`'s key from TorchServe's key_file.json at each call (keys can be renewed)."""
+
+    def read() -> str | None:
+        try:
+            return json.loads(Path(key_file).read_text())[kind]["key"]
+        except (OSError, KeyError, ValueError):
+            return None
+
+    return read
+
+
+class _Api:
+    def __init__(self, base_url: str, key: str | Callable[[], str | None] | None = None, timeout: float = 30):
+        self.base_url = base_url.rstrip("/")
+        self._key = key
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _headers(self) -> dict[str, str]:
+        key = self._key() if callable(self._key) else self._key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _call(self, method: str, path: str, timeout: float | None = None, **kwargs) -> requests.Response:
+        headers = {**self._headers(), **kwargs.pop("headers", {})}
+        try:
+            answer = self.session.request(
+                method, f"{self.base_url}{path}", headers=headers, timeout=timeout or self.timeout, **kwargs
+            )
+        except requests.RequestException as e:
+            raise ApiError(0, f"cannot reach TorchServe at {self.base_url}: {e}") from None
+        if answer.status_code >= 400:
+            raise _error(answer)
+        return answer
+
+
+def _error(answer: requests.Response) -> ApiError:
+    try:
+        body = answer.json()
+        return ApiError(answer.status_code, body.get("message", answer.text), body.get("type", ""))
+    except ValueError:
+        return ApiError(answer.status_code, answer.text.strip() or answer.reason)
+
+
+@dataclass(frozen=True)
+class Worker:
+    id: str
+    status: str
+    pid: int | None
+    start_time: str
+    gpu: bool
+    memory: int
+
+    @classmethod
+    def parse(cls, data: dict) -> "Worker":
+        return cls(
+            id=str(data.get("id")), status=data.get("status", ""), pid=data.get("pid"),
+            start_time=data.get("startTime", ""), gpu=bool(data.get("gpu")), memory=data.get("memoryUsage", 0),
+        )
+
+
+@dataclass(frozen=True)
+class ModelVersionStatus:
+    """One registered version as `describe` reports it."""
+
+    name: str
+    version: str
+    url: str
+    is_default: bool
+    min_workers: int
+    max_workers: int
+    batch_size: int
+    max_batch_delay: int
+    workers: tuple[Worker, ...]
+
+    @property
+    def ready_workers(self) -> int:
+        return sum(w.status == "READY" for w in self.workers)
+
+    @classmethod
+    def parse(cls, data: dict, default_version: str | None) -> "ModelVersionStatus":
+        return cls(
+            name=data["modelName"], version=data["modelVersion"], url=data.get("modelUrl", ""),
+            is_default=data["modelVersion"] == default_version,
+            min_workers=data.get("minWorkers", 0), max_workers=data.get("maxWorkers", 0),
+            batch_size=data.get("batchSize", 1), max_batch_delay=data.get("maxBatchDelay", 0),
+            workers=tuple(Worker.parse(w) for w in data.get("workers", [])),
+        )
+
+
+class ManagementClient(_Api):
+    """list, describe, register, scale, set-default and unregister, per version."""
+
+    def list_models(self) -> list[str]:
+        names, token = [], None
+        while True:
+            params = {"limit": 100, **({"next_page_token": token} if token else {})}
+            body = self._call("GET", "/models", params=params).json()
+            names += [m["modelName"] for m in body.get("models", [])]
+            token = body.get("nextPageToken")
+            if not token:
+                return names
+
+    def describe(self, name: str, version: str | None = None) -> list[ModelVersionStatus]:
+        """Every registered version of `name` (or just `version`), default marked."""
+        default = self._call("GET", f"/models/{name}").json()[0]["modelVersion"]
+        path = f"/models/{name}/{version}" if version else f"/models/{name}/all"
+        return [ModelVersionStatus.parse(d, default) for d in self._call("GET", path).json()]
+
+    def default_version(self, name: str) -> str:
+        return self._call("GET", f"/models/{name}").json()[0]["modelVersion"]
+
+    def register(
+        self,
+        url: str,
+        initial_workers: int | None = None,
+        synchronous: bool = True,
+        batch_size: int | None = None,
+        max_batch_delay: int | None = None,
+        response_timeout: int | None = None,
+        timeout: float = 300,
+    ) -> str:
+        """Register an archive (its file name in the model store); returns the server's message."""
+        params: dict[str, Any] = {"url": url, "synchronous": str(synchronous).lower()}
+        optional = {
+            "initial_workers": initial_workers, "batch_size": batch_size,
+            "max_batch_delay": max_batch_delay, "response_timeout": response_timeout,
+        }
+        params.update({k: v for k, v in optional.items() if v is not None})
+        return self._call("POST", "/models", params=params, timeout=timeout).json().get("status", "")
+
+    def scale(
+        self, name: str, min_workers: int, max_workers: int | None = None, version: str | None = None,
+        synchronous: bool = True, timeout: float = 300,
+    ) -> str:
+        if min_workers < 0 or (max_workers is not None and max_workers < min_workers):
+            raise ValueError(f"bad worker counts: min {min_workers}, max {max_workers}; need 0 <= min <= max")
+        path = f"/models/{name}/{version}" if version else f"/models/{name}"
+        params = {"min_worker": min_workers, "max_worker": max_workers if max_workers is not None else min_workers,
+                  "synchronous": str(synchronous).lower()}
+        return self._call("PUT", path, params=params, timeout=timeout).json().get("status", "")
+
+    def set_default(self, name: str, version: str) -> str:
+        return self._call("PUT", f"/models/{name}/{version}/set-default").json().get("status", "")
+
+    def unregister(self, name: str, version: str | None = None, timeout: float = 120) -> str:
+        path = f"/models/{name}/{version}" if version else f"/models/{name}"
+        return self._call("DELETE", path, timeout=timeout).json().get("status", "")
+
+
+class InferenceClient(_Api):
+    def ping(self) -> str:
+        return self._call("GET", "/ping").json().get("status", "")
+
+    def predict(self, name: str, body: Any, version: str | None = None, timeout: float | None = None) -> Any:
+        """POST a JSON body (or text) to /predictions/NAME[/VERSION]; returns the parsed answer."""
+        path = f"/predictions/{name}/{version}" if version else f"/predictions/{name}"
+        if isinstance(body, str):
+            answer = self._call("POST", path, data=body.encode(), headers={"Content-Type": "text/plain"}, timeout=timeout)
+        else:
+            answer = self._call("POST", path, json=body, timeout=timeout)
+        return answer.json()

@@ -1,0 +1,199 @@
+"""Start, wait for and stop TorchServe with the project's config.properties.
+
+Each server gets a run directory: the effective config.properties (the template with
+this run's model store, addresses and allowed URLs), `key_file.json` (TorchServe writes
+it to its working directory) and `logs/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from transerve.spec import REPO
+
+CONFIG_TEMPLATE = REPO / "config.properties"
+RUN_DIR = REPO / ".transerve"
+# TorchServe keeps one pid file per machine (per temp dir): one server at a time.
+PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"
+
+
+class ServerError(RuntimeError):
+    """TorchServe did not start or stop; the message says where to look."""
+
+
+def java_version() -> int | None:
+    """The major version of the `java` on PATH (or JAVA_HOME), None when there is none."""
+    java = Path(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java:
+        return None
+    out = subprocess.run([str(java), "-version"], capture_output=True, text=True).stderr
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not found:
+        return None
+    major = int(found.group(1))
+    return int(found.group(2)) if major == 1 else major
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+@dataclass
+class Server:
+    """One TorchServe: its run directory, its model store and its effective properties."""
+
+    model_store: Path
+    run_dir: Path = RUN_DIR
+    overrides: dict[str, str] = field(default_factory=dict)
+    template: Path = CONFIG_TEMPLATE
+
+    def __post_init__(self):
+        self.model_store = Path(self.model_store).resolve()
+        self.run_dir = Path(self.run_dir).resolve()
+        store = re.escape(self.model_store.as_posix())
+        self.properties = {
+            **read_properties(self.template),
+            "model_store": self.model_store.as_posix(),
+            # Only archives inside this model store, named by a file:// URL or by file name.
+            "allowed_urls": f"file://{store}/[^/]+\\.mar",
+            **self.overrides,
+        }
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / "config.properties"
+
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / "key_file.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def url(self, api: str) -> str:
+        """Base URL of the `inference`, `management` or `metrics` API."""
+        return self.properties[f"{api}_address"]
+
+    def keys(self) -> dict[str, str]:
+        """The current keys, {"management": …, "inference": …, "API": …}; {} with auth off."""
+        if not self.key_file.exists():
+            return {}
+        data = json.loads(self.key_file.read_text())
+        return {kind: entry["key"] for kind, entry in data.items()}
+
+    def write_config(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        lines = ["# Written by transerve from config.properties; edit that file, not this one."]
+        lines += [f"{k}={v}" for k, v in self.properties.items()]
+        self.config_file.write_text("\n".join(lines) + "\n")
+        return self.config_file
+
+    def command(self, foreground: bool = False) -> list[str]:
+        command = [
+            sys.executable, "-m", "ts.model_server", "--start", "--ncs",
+            "--ts-config", str(self.config_file), "--model-store", str(self.model_store),
+        ]
+        return command + (["--foreground"] if foreground else [])
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ, "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir)}
+        # Workers are python processes started by the Java frontend: give them this venv.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def start(self, timeout: float = 120) -> None:
+        """Start TorchServe in the background and wait until it answers /ping."""
+        if running_pid() is not None:
+            raise ServerError(
+                f"a TorchServe is already running (pid {running_pid()}, pid file {PID_FILE}); "
+                "stop it first with `transerve stop`"
+            )
+        version = java_version()
+        if version is None or version < 17:
+            raise ServerError(f"TorchServe 0.12 needs Java 17 or newer, found {version or 'none'}; run `make setup`")
+        self.model_store.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self.key_file.unlink(missing_ok=True)
+        # The Java frontend outlives this call and keeps its output streams: give it a file.
+        with open(self.log_dir / "torchserve.out", "ab") as out:
+            started = subprocess.run(
+                self.command(), cwd=self.run_dir, env=self.environment(), stdout=out, stderr=subprocess.STDOUT, timeout=60,
+            )
+        if started.returncode != 0:
+            raise ServerError(f"torchserve --start failed; see {self.log_dir}/torchserve.out")
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if running_pid() is None:
+                raise ServerError(f"TorchServe exited while starting; see {self.log_dir}/ts_log.log")
+            key = self.keys().get("inference")
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            auth_off = self.properties.get("disable_token_authorization") == "true"
+            try:
+                answer = requests.get(f"{self.url('inference')}/ping", headers=headers, timeout=2)
+                if answer.status_code == 200 and (key or auth_off):
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise ServerError(f"TorchServe did not answer /ping within {timeout:.0f}s; see {self.log_dir}/ts_log.log")
+
+    def stop(self, timeout: float = 60) -> bool:
+        stopped = stop_running(timeout)
+        self.key_file.unlink(missing_ok=True)
+        return stopped
+
+
+def running_pid() -> int | None:
+    """The pid of the running TorchServe frontend, or None (a stale pid file is ignored)."""
+    try:
+        pid = int(PID_FILE.read_text().strip())
+        process = psutil.Process(pid)
+        if "org.pytorch.serve.ModelServer" in process.cmdline() and process.status() != psutil.STATUS_ZOMBIE:
+            return pid
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def stop_running(timeout: float = 60) -> bool:
+    """Stop the running TorchServe and its workers; False when none was running."""
+    pid = running_pid()
+    if pid is None:
+        PID_FILE.unlink(missing_ok=True)
+        return False
+    frontend = psutil.Process(pid)
+    family = [frontend, *frontend.children(recursive=True)]
+    frontend.terminate()
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for process in alive:
+        process.kill()
+    psutil.wait_procs(alive, timeout=10)
+    PID_FILE.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,183 @@
+"""models/<name>/model.yaml -> ModelSpec, validated once; errors name the file and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from handlers.config import ConfigError, HandlerConfig, parse_dataclass
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO / "models"
+
+
+class SpecError(ConfigError):
+    """A model spec is wrong; the message names the file, the key and what was expected."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the model files come from: an installed package's data, or a local folder."""
+
+    package: Optional[str] = None  # import name of a package that carries the files
+    path: str = "."  # inside the package, or relative to the spec file when dir is set
+    dir: Optional[str] = None
+
+    def check(self):
+        if (self.package is None) == (self.dir is None):
+            yield "package", "give exactly one of source.package or source.dir"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """TorchServe's own per-model settings, written into model-config.yaml as they are."""
+
+    minWorkers: int = 1
+    maxWorkers: int = 1
+    batchSize: int = 1
+    maxBatchDelay: int = 100
+    responseTimeout: int = 120
+    startupTimeout: int = 120
+    deviceType: Literal["cpu", "gpu"] = "cpu"
+
+    def check(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and value < (0 if f.name in ("minWorkers", "maxBatchDelay") else 1):
+                yield f.name, f"expected a {'non-negative' if f.name in ('minWorkers', 'maxBatchDelay') else 'positive'} integer, got {value}"
+        if self.maxWorkers < self.minWorkers:
+            yield "maxWorkers", f"{self.maxWorkers} is below minWorkers {self.minWorkers}"
+
+
+@dataclass(frozen=True)
+class VersionOverrides:
+    handler: dict = field(default_factory=dict)
+    runtime: dict = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RawSpec:
+    name: str
+    task: str
+    source: dict
+    versions: dict
+    description: str = ""
+    handler: dict = field(default_factory=dict)
+    runtime: dict = field(default_factory=dict)
+    samples: list = field(default_factory=list)
+    default_version: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """Everything needed to build one version's archive, fully resolved."""
+
+    name: str
+    version: str
+    source: Source
+    handler: HandlerConfig
+    runtime: Runtime
+    spec_file: Path
+    samples: tuple
+
+    @property
+    def archive_name(self) -> str:
+        return f"{self.name}-{self.version}.mar"
+
+    def model_config(self) -> dict:
+        """The model-config.yaml TorchServe reads from the archive: runtime keys + handler."""
+        return {**dataclasses.asdict(self.runtime), "handler": dataclasses.asdict(self.handler)}
+
+    def source_dir(self) -> Path:
+        if self.source.dir is not None:
+            return (self.spec_file.parent / self.source.dir / self.source.path).resolve()
+        found = importlib.util.find_spec(self.source.package)
+        if found is None or not found.submodule_search_locations:
+            raise SpecError(
+                f"{self.spec_file}: source.package: package {self.source.package!r} is not installed; "
+                "run the setup (make setup) or pip install it"
+            )
+        return Path(list(found.submodule_search_locations)[0]) / self.source.path
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    raw: RawSpec
+    file: Path
+
+    @property
+    def versions(self) -> list[str]:
+        return list(self.raw.versions)
+
+    @property
+    def default_version(self) -> str:
+        return self.raw.default_version or self.versions[-1]
+
+    def version(self, version: str | None = None) -> ModelVersion:
+        version = version or self.default_version
+        if version not in self.raw.versions:
+            raise SpecError(f"{self.file}: versions: no version {version!r}; known: {', '.join(self.versions)}")
+        where = f"{self.file}: versions.{version}"
+        overrides = _parse(VersionOverrides, self.raw.versions[version], where)
+        handler = {"task": self.raw.task, **self.raw.handler, **overrides.handler}
+        runtime = {**self.raw.runtime, **overrides.runtime}
+        return ModelVersion(
+            name=self.name,
+            version=version,
+            source=_parse(Source, self.raw.source, f"{self.file}: source"),
+            handler=_parse(HandlerConfig, handler, f"{where}: handler" if overrides.handler else f"{self.file}: handler"),
+            runtime=_parse(Runtime, runtime, f"{where}: runtime" if overrides.runtime else f"{self.file}: runtime"),
+            spec_file=self.file,
+            samples=tuple(self.raw.samples),
+        )
+
+
+def _parse(cls, data, where):
+    try:
+        return parse_dataclass(cls, data, where)
+    except ConfigError as e:
+        raise SpecError(str(e)) from None
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Parse and validate a spec file, every version included, so errors show up at once."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    raw = _parse(RawSpec, data, str(path))
+    if not isinstance(raw.versions, dict) or not raw.versions:
+        raise SpecError(f"{path}: versions: expected a mapping of at least one version, got {raw.versions!r}")
+    if path.parent.name != raw.name and path.parent.parent == MODELS_DIR:
+        raise SpecError(f"{path}: name: {raw.name!r} differs from its folder {path.parent.name!r}")
+    bad = [v for v in raw.versions if not isinstance(v, str)]
+    if bad:
+        raise SpecError(f"{path}: versions: version {bad[0]!r} must be a quoted string, e.g. \"1.0\"")
+    spec = ModelSpec(raw.name, raw, path)
+    for version in spec.versions:
+        spec.version(version)
+    if raw.default_version is not None:
+        spec.version(raw.default_version)
+    return spec
+
+
+def find_spec(name: str, models_dir: Path = MODELS_DIR) -> ModelSpec:
+    path = models_dir / name / "model.yaml"
+    if not path.exists():
+        known = sorted(p.parent.name for p in models_dir.glob("*/model.yaml"))
+        raise SpecError(f"no model spec {path}; known models: {', '.join(known) or 'none'}")
+    return load_spec(path)
+
+
+def all_specs(models_dir: Path = MODELS_DIR) -> list[ModelSpec]:
+    return [load_spec(p) for p in sorted(models_dir.glob("*/model.yaml"))]
