@@ -1,0 +1,170 @@
+"""The walking skeleton end to end: real TorchServe, real archives, real HTTP."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from transerve.management import ApiError
+
+LONG = " ".join(["Serving transformers on TorchServe needs a handler that batches well."] * 20)
+
+
+@pytest.fixture(scope="module")
+def registered(management, minilm):
+    """minilm-embed 1.0 registered through the management API, its worker READY."""
+    message = management.register("minilm-embed-1.0.mar", initial_workers=1)
+    assert "registered" in message
+    yield "minilm-embed"
+    for version in ("1.0", "1.1"):
+        try:
+            management.unregister("minilm-embed", version)
+        except ApiError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def reference(store):
+    from sentence_transformers import SentenceTransformer
+
+    from transerve.inprocess import LocalWorker
+    from transerve.spec import find_spec
+
+    local = LocalWorker(find_spec("minilm-embed").version("1.0"))
+    yield SentenceTransformer(str(local.model_dir), device="cpu")
+    local.close()
+
+
+def post(server, path, key="inference", **kwargs):
+    headers = kwargs.pop("headers", {})
+    if key:
+        headers["Authorization"] = f"Bearer {server.keys()[key]}"
+    return requests.post(f"{server.url('inference')}{path}", headers=headers, timeout=60, **kwargs)
+
+
+def test_registered_model_has_a_ready_worker_with_the_spec_runtime(management, registered):
+    [version] = management.describe(registered)
+    assert (version.version, version.is_default) == ("1.0", True)
+    assert version.ready_workers == 1
+    assert (version.batch_size, version.max_batch_delay, version.max_workers) == (16, 5, 2)
+
+
+def test_inference_with_token_matches_sentence_transformers(inference, registered, reference):
+    texts = ["TorchServe answers over HTTP.", LONG, "naïve café ☕"]
+    answer = inference.predict(registered, {"inputs": texts})
+    expected = reference.encode(texts, normalize_embeddings=True)
+    assert len(answer["embeddings"]) == 3
+    for got, ref in zip(answer["embeddings"], expected):
+        assert float(np.dot(got, ref)) >= 0.99999
+
+
+def test_plain_text_body_is_one_input(inference, registered):
+    answer = inference.predict(registered, "just some text")
+    assert len(answer["embeddings"]) == 1 and answer["dimensions"] == 384
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}])
+def test_inference_without_the_right_token_is_refused(torchserve, registered, headers):
+    # TorchServe 0.12 refuses a missing or wrong token with 400 InvalidKeyException (not 401).
+    answer = post(torchserve, f"/predictions/{registered}", key=None, headers=headers, json={"inputs": "x"})
+    assert answer.status_code == 400
+    assert answer.json()["type"] == "InvalidKeyException"
+
+
+def test_management_key_does_not_open_inference(torchserve, registered):
+    answer = post(torchserve, f"/predictions/{registered}", key="management", json={"inputs": "x"})
+    assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException"
+
+
+@pytest.mark.parametrize(
+    "data, content_type, status, message",
+    [
+        (b"\xff\xfe\xfd", "application/octet-stream", 400, "not valid UTF-8"),
+        (b'{"inputs": [', "application/json", 400, "not valid JSON"),
+        (b'{"inputs": []}', "application/json", 400, "empty list"),
+        (b'{"inputs": "x", "parameters": {"top_k": 2}}', "application/json", 400, "unknown key 'top_k'"),
+        (b'{"inputs": ["a", 1]}', "application/json", 400, r"inputs\[1\] must be a string"),
+        (b'{"inputs": "' + b"word " * 400 + b'", "parameters": {"truncate": false}}', "application/json", 413, "longer than 256 tokens"),
+        (b'{"inputs": ' + str(["x"] * 65).replace("'", '"').encode() + b"}", "application/json", 413, "the limit is 64"),
+    ],
+)
+def test_bad_input_gets_its_4xx_and_a_message(torchserve, registered, data, content_type, status, message):
+    answer = post(torchserve, f"/predictions/{registered}", data=data, headers={"Content-Type": content_type})
+    assert answer.status_code == status
+    assert re.search(message, answer.json()["message"])
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(torchserve, inference, registered):
+    bodies = [{"inputs": [f"request {i} " + "word " * (i * 7)] * (1 + i % 3)} for i in range(12)]
+    bodies[5] = {"inputs": []}
+    alone = {i: inference.predict(registered, b) for i, b in enumerate(bodies) if i != 5}
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda b: post(torchserve, f"/predictions/{registered}", json=b), bodies))
+    assert answers[5].status_code == 400
+    for i, answer in alone.items():
+        assert answers[i].status_code == 200
+        got = answers[i].json()["embeddings"]
+        assert len(got) == len(bodies[i]["inputs"])
+        for u, v in zip(got, answer["embeddings"]):
+            assert float(np.dot(u, v)) >= 0.99999
+
+
+def test_scale_to_two_workers_and_back(management, registered):
+    management.scale(registered, min_workers=2, max_workers=2)
+    [version] = management.describe(registered)
+    assert (len(version.workers), version.ready_workers) == (2, 2)
+    # TorchServe stops workers only above max_worker: back to one means max 1 too.
+    management.scale(registered, min_workers=1)
+    [version] = management.describe(registered)
+    assert (len(version.workers), version.min_workers, version.max_workers) == (1, 1, 1)
+
+
+def test_two_versions_side_by_side_and_set_default(management, inference, registered):
+    management.register("minilm-embed-1.1.mar", initial_workers=1)
+    versions = {v.version: v for v in management.describe(registered)}
+    assert set(versions) == {"1.0", "1.1"} and versions["1.0"].is_default
+    # 1.1 keeps 128 tokens, 1.0 keeps 256: a long input tells them apart.
+    old = inference.predict(registered, {"inputs": LONG}, version="1.0")["input_tokens"]
+    new = inference.predict(registered, {"inputs": LONG}, version="1.1")["input_tokens"]
+    assert (old, new) == (256, 128)
+    assert inference.predict(registered, {"inputs": LONG})["input_tokens"] == 256
+    management.set_default(registered, "1.1")
+    assert management.default_version(registered) == "1.1"
+    assert inference.predict(registered, {"inputs": LONG})["input_tokens"] == 128
+    management.set_default(registered, "1.0")
+
+
+def test_metrics_api_counts_inference_requests(torchserve, inference, registered):
+    inference.predict(registered, {"inputs": "count me"})
+    text = requests.get(f"{torchserve.url('metrics')}/metrics", timeout=10).text
+    counts = re.findall(r'^ts_inference_requests_total\{(.*)\} ([0-9.]+)$', text, re.MULTILINE)
+    ours = [float(v) for labels, v in counts if 'model_name="minilm-embed"' in labels]
+    assert ours and sum(ours) >= 1, text[:2000]
+
+
+@pytest.mark.parametrize(
+    "call, status, message",
+    [
+        (lambda m: m.describe("no-such-model"), 404, "Model not found: no-such-model"),
+        (lambda m: m.set_default("minilm-embed", "9.9"), 404, "9.9"),
+        (lambda m: m.register("no-such-archive.mar"), 404, "no-such-archive.mar"),
+    ],
+)
+def test_management_errors_surface_the_servers_message(management, registered, call, status, message):
+    with pytest.raises(ApiError) as caught:
+        call(management)
+    assert caught.value.status == status and message in caught.value.message
+
+
+def test_management_refuses_a_call_without_the_key(torchserve, registered):
+    answer = requests.get(f"{torchserve.url('management')}/models", timeout=10)
+    assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException"
+
+
+def test_registering_a_remote_url_is_refused(management):
+    with pytest.raises(ApiError, match="does not match any allowed URL"):
+        management.register("https://example.invalid/evil.mar")
