@@ -47,9 +47,9 @@ class Runtime:
 
     def check(self):
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int) and value < (0 if f.name in ("minWorkers", "maxBatchDelay") else 1):
-                yield f.name, f"expected a {'non-negative' if f.name in ('minWorkers', 'maxBatchDelay') else 'positive'} integer, got {value}"
+            value, lowest = getattr(self, f.name), 0 if f.name in ("minWorkers", "maxBatchDelay") else 1
+            if isinstance(value, int) and value < lowest:
+                yield f.name, f"expected an integer >= {lowest}, got {value}"
         if self.maxWorkers < self.minWorkers:
             yield "maxWorkers", f"{self.maxWorkers} is below minWorkers {self.minWorkers}"
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from transformers import AutoTokenizer
 
 from handlers.config import ConfigError, HandlerConfig, parse_dataclass
 from handlers.payload import InputError, Payload
@@ -63,6 +64,14 @@ class Tokens:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     lengths: list[int]
+
+
+def load_tokenizer(model_dir: str):
+    """The model's fast tokenizer; offsets and overflow mapping need the Rust one."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{model_dir} has no fast tokenizer (tokenizer.json); transerve needs one")
+    return tokenizer
 
 
 def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate_default: bool) -> list[list[int]]:

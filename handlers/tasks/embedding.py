@@ -7,10 +7,10 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
 from handlers.config import HandlerConfig
-from handlers.tasks.base import Item, Task, Tokens, model_max_length, pad, tokenize
+from handlers.tasks.base import Item, Task, Tokens, load_tokenizer, model_max_length, pad, tokenize
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class EmbeddingTask(Task):
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(model_dir)
         self.model = AutoModel.from_pretrained(
             model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=True
         ).to(device).eval()

@@ -51,6 +51,7 @@ def test_version_overrides_merge_over_model_settings(tmp_path):
         (("source: {dir: ./weights}", "source: {}"), r"source\.package: give exactly one of source.package or source.dir"),
         (("task: embedding", "task: translation"), r"handler\.task: expected 'embedding'"),
         (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {batchSize: '8'}"), r"runtime\.batchSize: expected int, got '8'"),
+        (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {batchSize: 0}"), r"runtime\.batchSize: expected an integer >= 1, got 0"),
         (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {minWorkers: 3, maxWorkers: 2}"), r"runtime\.maxWorkers: 2 is below minWorkers 3"),
         (('"2.0": {handler: {normalize: false}, runtime: {batchSize: 4}}', '"2.0": {handler: {normalize: "no"}}'), r"versions\.2\.0: handler\.normalize: expected bool, got 'no'"),
         (('"2.0": {handler: {normalize: false}, runtime: {batchSize: 4}}', '"2.0": {weights: x}'), r"versions\.2\.0: unknown key 'weights'"),
