@@ -99,10 +99,12 @@ class Server:
 
     def keys(self) -> dict[str, str]:
         """The current keys, {"management": …, "inference": …, "API": …}; {} with auth off."""
-        if not self.key_file.exists():
+        try:
+            data = json.loads(self.key_file.read_text())
+            return {kind: entry["key"] for kind, entry in data.items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            # Absent, or still being written: TorchServe creates the file before filling it.
             return {}
-        data = json.loads(self.key_file.read_text())
-        return {kind: entry["key"] for kind, entry in data.items()}
 
     def write_config(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,28 @@
+"""Server configuration and key reading, without starting TorchServe."""
+
+from __future__ import annotations
+
+import json
+
+from transerve.server import Server, read_properties
+
+
+def test_effective_config_keeps_template_and_narrows_allowed_urls(tmp_path):
+    server = Server(model_store=tmp_path / "store", run_dir=tmp_path / "run", overrides={"inference_address": "http://127.0.0.1:1234"})
+    props = read_properties(server.write_config())
+    assert props["inference_address"] == "http://127.0.0.1:1234"
+    assert props["management_address"].startswith("http://127.0.0.1:")
+    assert props["disable_token_authorization"] == "false" and props["metrics_mode"] == "prometheus"
+    assert props["model_store"] == str((tmp_path / "store").resolve())
+    assert props["allowed_urls"].startswith(f"file://{(tmp_path / 'store').resolve()}")
+
+
+def test_keys_are_empty_while_the_key_file_is_missing_or_half_written(tmp_path):
+    server = Server(model_store=tmp_path, run_dir=tmp_path)
+    assert server.keys() == {}
+    server.key_file.write_text("")
+    assert server.keys() == {}
+    server.key_file.write_text('{"management": {"key": "m"')
+    assert server.keys() == {}
+    server.key_file.write_text(json.dumps({"management": {"key": "m"}, "inference": {"key": "i"}, "API": {"key": "a"}}))
+    assert server.keys() == {"management": "m", "inference": "i", "API": "a"}
