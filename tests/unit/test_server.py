@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from transerve.server import Server, read_properties
 
@@ -14,7 +15,11 @@ def test_effective_config_keeps_template_and_narrows_allowed_urls(tmp_path):
     assert props["management_address"].startswith("http://127.0.0.1:")
     assert props["disable_token_authorization"] == "false" and props["metrics_mode"] == "prometheus"
     assert props["model_store"] == str((tmp_path / "store").resolve())
-    assert props["allowed_urls"].startswith(f"file://{(tmp_path / 'store').resolve()}")
+    allowed = re.compile(props["allowed_urls"], re.IGNORECASE)  # TorchServe matches case-insensitively
+    store = (tmp_path / "store").resolve()
+    assert allowed.fullmatch(f"file://{store}/m-1.0.mar")
+    for refused in (f"file://{store}/../x.mar", f"file://{store}/sub/x.mar", "file:///etc/x.mar", "https://host/x.mar", f"file://{store}/x.txt"):
+        assert not allowed.fullmatch(refused), refused
 
 
 def test_keys_are_empty_while_the_key_file_is_missing_or_half_written(tmp_path):
