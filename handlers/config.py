@@ -91,11 +91,12 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) ->
 class HandlerConfig:
     """What the handler needs to know beyond the model files; every key has a default."""
 
-    task: Literal["embedding"]
+    task: str  # a key of handlers.tasks.TASKS
     # Tokens per input; None = the smaller of the tokenizer's and the model's limit.
     max_length: Optional[int] = None
     # Over max_length: cut (True) or refuse the input with 413 (False).
     truncate: bool = True
+    # embedding only
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
     # Input limits, checked before anything reaches the model.
@@ -106,6 +107,10 @@ class HandlerConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     def check(self):
+        from handlers.tasks import TASKS  # the one table of tasks (standard library only)
+
+        if self.task not in TASKS:
+            yield "task", f"unknown task {self.task!r}; known tasks: {', '.join(TASKS)}"
         for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -7,6 +7,7 @@ import importlib
 # Module paths rather than classes, so a worker imports only its own task's module.
 TASKS = {
     "embedding": "handlers.tasks.embedding:EmbeddingTask",
+    "classification": "handlers.tasks.classification:ClassificationTask",
 }
 
 

@@ -49,7 +49,7 @@ def test_version_overrides_merge_over_model_settings(tmp_path):
         (("handler: {max_length: 64}", "handler: {max_length: 0}"), r"handler\.max_length: expected a positive integer, got 0"),
         (("source: {dir: ./weights}\n", ""), r"missing required key 'source'"),
         (("source: {dir: ./weights}", "source: {}"), r"source\.package: give exactly one of source.package or source.dir"),
-        (("task: embedding", "task: translation"), r"handler\.task: expected 'embedding'"),
+        (("task: embedding", "task: translation"), r"handler\.task: unknown task 'translation'; known tasks: embedding, classification"),
         (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {batchSize: '8'}"), r"runtime\.batchSize: expected int, got '8'"),
         (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {batchSize: 0}"), r"runtime\.batchSize: expected an integer >= 1, got 0"),
         (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {minWorkers: 3, maxWorkers: 2}"), r"runtime\.maxWorkers: 2 is below minWorkers 3"),

@@ -1,0 +1,64 @@
+"""Text classification: AutoModelForSequenceClassification -> [{label, score}] per input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from handlers.config import HandlerConfig
+from handlers.payload import InputError, Payload
+from handlers.tasks.base import Item, Task, Tokens, load_tokenizer, model_max_length, pad, tokenize
+
+
+@dataclass(frozen=True)
+class ClassificationParams:
+    top_k: Optional[int] = 1  # null: every label
+    truncate: Optional[bool] = None
+
+
+class ClassificationTask(Task):
+    Params = ClassificationParams
+
+    def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=True
+        ).to(device).eval()
+        config = self.model.config
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.max_length = model_max_length(self.tokenizer, config, cfg.max_length)
+        # The same choice as transformers' text-classification pipeline.
+        if config.problem_type == "regression":
+            self.activation = lambda logits: logits
+        elif config.problem_type == "multi_label_classification" or config.num_labels == 1:
+            self.activation = torch.sigmoid
+        else:
+            self.activation = lambda logits: torch.softmax(logits, dim=-1)
+
+    def parse(self, payload: Payload) -> Item:
+        item = super().parse(payload)
+        if item.params.top_k is not None and item.params.top_k < 1:
+            raise InputError(f"parameters.top_k must be >= 1 or null (every label), got {item.params.top_k}")
+        return item
+
+    def collate(self, items: Sequence[Item]) -> Tokens | None:
+        rows = tokenize(self.tokenizer, items, self.max_length, self.cfg.truncate)
+        return pad(rows, self.tokenizer.pad_token_id or 0, self.device) if rows else None
+
+    def forward(self, batch: Tokens | None) -> list:
+        if batch is None:
+            return []
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return self.activation(logits.float()).cpu().tolist()
+
+    def encode(self, item: Item, outputs: list) -> list:
+        top_k = item.params.top_k
+        ranked = [
+            sorted(({"label": label, "score": s} for label, s in zip(self.labels, scores)), key=lambda d: -d["score"])[:top_k]
+            for scores in outputs
+        ]
+        return ranked[0] if item.payload.single else ranked
