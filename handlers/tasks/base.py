@@ -74,6 +74,12 @@ def load_tokenizer(model_dir: str):
     return tokenizer
 
 
+def load_pretrained(auto_class, model_dir: str, cfg: HandlerConfig, device: torch.device):
+    """Weights from safetensors only, in the configured dtype, on the worker's device, in eval mode."""
+    model = auto_class.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=True)
+    return model.to(device).eval()
+
+
 def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate_default: bool) -> list[list[int]]:
     """Token ids for every input of every item in one tokenizer call, cut at max_length.
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 from handlers.config import HandlerConfig
 from handlers.payload import InputError, Payload
-from handlers.tasks.base import Item, Task, Tokens, load_tokenizer, model_max_length, pad, tokenize
+from handlers.tasks.base import Item, Task, Tokens, load_pretrained, load_tokenizer, model_max_length, pad, tokenize
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,7 @@ class ClassificationTask(Task):
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=True
-        ).to(device).eval()
+        self.model = load_pretrained(AutoModelForSequenceClassification, model_dir, cfg, device)
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.max_length = model_max_length(self.tokenizer, config, cfg.max_length)

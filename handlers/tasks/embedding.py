@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from handlers.config import HandlerConfig
-from handlers.tasks.base import Item, Task, Tokens, load_tokenizer, model_max_length, pad, tokenize
+from handlers.tasks.base import Item, Task, Tokens, load_pretrained, load_tokenizer, model_max_length, pad, tokenize
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,7 @@ class EmbeddingTask(Task):
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = AutoModel.from_pretrained(
-            model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=True
-        ).to(device).eval()
+        self.model = load_pretrained(AutoModel, model_dir, cfg, device)
         self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
 
     def collate(self, items: Sequence[Item]) -> EmbeddingBatch | None:
