@@ -53,6 +53,8 @@ class TransformersHandler(BaseHandler):
 
     def inference(self, data, *args, **kwargs):
         items, batch = data
+        if batch is None:  # every request of this batch was refused
+            return items, []
         with torch.inference_mode():
             return items, self.task.forward(batch)
 

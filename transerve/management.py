@@ -22,16 +22,20 @@ class ApiError(RuntimeError):
         self.status, self.message, self.kind = status, message, kind
 
 
+def read_keys(key_file: Path) -> dict[str, str]:
+    """TorchServe's keys, {"management": …, "inference": …, "API": …}; {} while there are none.
+
+    {} also while the file is half written: TorchServe creates it before filling it.
+    """
+    try:
+        return {kind: entry["key"] for kind, entry in json.loads(Path(key_file).read_text()).items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def key_reader(key_file: Path, kind: str) -> Callable[[], str | None]:
-    """Read `kind`'s key from TorchServe's key_file.json at each call (keys can be renewed)."""
-
-    def read() -> str | None:
-        try:
-            return json.loads(Path(key_file).read_text())[kind]["key"]
-        except (OSError, KeyError, ValueError):
-            return None
-
-    return read
+    """Read `kind`'s key at each call (keys can be renewed)."""
+    return lambda: read_keys(key_file).get(kind)
 
 
 class _Api:

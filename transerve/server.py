@@ -7,7 +7,6 @@ it to its working directory) and `logs/`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from transerve.management import read_keys
 from transerve.spec import REPO
 
 CONFIG_TEMPLATE = REPO / "config.properties"
@@ -99,12 +99,7 @@ class Server:
 
     def keys(self) -> dict[str, str]:
         """The current keys, {"management": …, "inference": …, "API": …}; {} with auth off."""
-        try:
-            data = json.loads(self.key_file.read_text())
-            return {kind: entry["key"] for kind, entry in data.items()}
-        except (OSError, ValueError, KeyError, TypeError):
-            # Absent, or still being written: TorchServe creates the file before filling it.
-            return {}
+        return read_keys(self.key_file)
 
     def write_config(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)

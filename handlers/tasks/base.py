@@ -47,10 +47,14 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def collate(self, items: Sequence[Item]) -> Any:
-        """One model batch from the items' inputs; may reject an item by setting its error."""
+        """One model batch from the items' inputs, None when none is left to run.
+
+        May reject an item by setting its error.
+        """
 
     @abc.abstractmethod
-    def forward(self, batch: Any) -> list: ...
+    def forward(self, batch: Any) -> list:
+        """One output per input of the batch; never called with None."""
 
     @abc.abstractmethod
     def encode(self, item: Item, outputs: list) -> Any:
@@ -143,3 +147,20 @@ def model_max_length(tokenizer, model_config, configured: int | None) -> int:
     if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
         limits.append(tokenizer.model_max_length)
     return min(limits)
+
+
+class EncoderTask(Task):
+    """A task answered by one encoder forward: fast tokenizer, safetensors model, token limit."""
+
+    auto_class: Any  # the transformers AutoModel… class to load
+
+    def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_pretrained(self.auto_class, model_dir, cfg, device)
+        self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
+
+    def tokens(self, items: Sequence[Item]) -> Tokens | None:
+        """The accepted items' inputs tokenized in one call and padded to the longest."""
+        rows = tokenize(self.tokenizer, items, self.max_length, self.cfg.truncate)
+        return pad(rows, self.tokenizer.pad_token_id or 0, self.device) if rows else None

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 from handlers.config import HandlerConfig
 from handlers.payload import InputError, Payload
-from handlers.tasks.base import Item, Task, Tokens, load_pretrained, load_tokenizer, model_max_length, pad, tokenize
+from handlers.tasks.base import EncoderTask, Item, Tokens
 
 
 @dataclass(frozen=True)
@@ -19,16 +19,14 @@ class ClassificationParams:
     truncate: Optional[bool] = None
 
 
-class ClassificationTask(Task):
+class ClassificationTask(EncoderTask):
     Params = ClassificationParams
+    auto_class = AutoModelForSequenceClassification
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
-        self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_pretrained(AutoModelForSequenceClassification, model_dir, cfg, device)
+        super().load(model_dir, cfg, device)
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
-        self.max_length = model_max_length(self.tokenizer, config, cfg.max_length)
         # The same choice as transformers' text-classification pipeline.
         if config.problem_type == "regression":
             self.activation = lambda logits: logits
@@ -44,12 +42,9 @@ class ClassificationTask(Task):
         return item
 
     def collate(self, items: Sequence[Item]) -> Tokens | None:
-        rows = tokenize(self.tokenizer, items, self.max_length, self.cfg.truncate)
-        return pad(rows, self.tokenizer.pad_token_id or 0, self.device) if rows else None
+        return self.tokens(items)
 
-    def forward(self, batch: Tokens | None) -> list:
-        if batch is None:
-            return []
+    def forward(self, batch: Tokens) -> list:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return self.activation(logits.float()).cpu().tolist()
 

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from handlers.config import HandlerConfig
-from handlers.tasks.base import Item, Task, Tokens, load_pretrained, load_tokenizer, model_max_length, pad, tokenize
+from handlers.tasks.base import EncoderTask, Item, Tokens
 
 
 @dataclass(frozen=True)
@@ -25,18 +24,13 @@ class EmbeddingBatch:
     normalize: torch.Tensor  # one flag per row
 
 
-class EmbeddingTask(Task):
+class EmbeddingTask(EncoderTask):
     Params = EmbeddingParams
-
-    def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
-        self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_pretrained(AutoModel, model_dir, cfg, device)
-        self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
+    auto_class = AutoModel
 
     def collate(self, items: Sequence[Item]) -> EmbeddingBatch | None:
-        rows = tokenize(self.tokenizer, items, self.max_length, self.cfg.truncate)
-        if not rows:
+        tokens = self.tokens(items)
+        if tokens is None:
             return None
         flags = [
             self.cfg.normalize if item.params.normalize is None else item.params.normalize
@@ -44,14 +38,9 @@ class EmbeddingTask(Task):
             if item.error is None
             for _ in item.payload.inputs
         ]
-        return EmbeddingBatch(
-            pad(rows, self.tokenizer.pad_token_id or 0, self.device),
-            torch.tensor(flags, device=self.device),
-        )
+        return EmbeddingBatch(tokens, torch.tensor(flags, device=self.device))
 
-    def forward(self, batch: EmbeddingBatch | None) -> list:
-        if batch is None:
-            return []
+    def forward(self, batch: EmbeddingBatch) -> list:
         mask = batch.tokens.attention_mask
         hidden = self.model(input_ids=batch.tokens.input_ids, attention_mask=mask).last_hidden_state
         if self.cfg.pooling == "cls":
