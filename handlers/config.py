@@ -94,11 +94,18 @@ class HandlerConfig:
     task: str  # a key of handlers.tasks.TASKS
     # Tokens per input; None = the smaller of the tokenizer's and the model's limit.
     max_length: Optional[int] = None
-    # Over max_length: cut (True) or refuse the input with 413 (False).
-    truncate: bool = True
+    # Over max_length: cut (True) or refuse the input with 413 (False). None: the task's
+    # default, which cuts for the encoder tasks and refuses for generation (a prompt cut
+    # silently would be answered as another question).
+    truncate: Optional[bool] = None
     # embedding only
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
+    # token_classification only: how tokens become entities, as in transformers' pipeline
+    aggregation: Literal["none", "simple", "first", "max", "average"] = "simple"
+    # generation only: the most new tokens a request may ask for, and what it gets unasked
+    max_new_tokens: int = 256
+    default_max_new_tokens: int = 64
     # Input limits, checked before anything reaches the model.
     max_inputs_per_request: int = 64
     max_chars_per_input: int = 20_000
@@ -111,10 +118,13 @@ class HandlerConfig:
 
         if self.task not in TASKS:
             yield "task", f"unknown task {self.task!r}; known tasks: {', '.join(TASKS)}"
-        for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads"):
+        for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads",
+                    "max_new_tokens", "default_max_new_tokens"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 yield key, f"expected a positive integer, got {value!r}"
+        if self.default_max_new_tokens > self.max_new_tokens:
+            yield "default_max_new_tokens", f"{self.default_max_new_tokens} is above max_new_tokens {self.max_new_tokens}"
 
     @classmethod
     def from_model_config(cls, model_yaml_config: Mapping[str, Any] | None) -> "HandlerConfig":

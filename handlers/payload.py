@@ -20,7 +20,8 @@ class InputError(Exception):
 
 
 EXAMPLE = '{"inputs": ["first text", "second text"], "parameters": {}}'
-TOP_LEVEL_KEYS = ("inputs", "parameters")
+TOP_LEVEL_KEYS = ("inputs", "messages", "parameters", "stream")
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class Payload:
     inputs: list[str]
     single: bool
     parameters: dict[str, Any] = field(default_factory=dict)
+    # A chat, [{role, content}, ...], sent instead of inputs; only chat tasks accept it.
+    messages: list[dict[str, str]] | None = None
+    stream: bool = False
 
 
 def _body_of(row: Any) -> Any:
@@ -63,20 +67,53 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
     unknown = sorted(set(body) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise InputError(f"unknown key {unknown[0]!r} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
-    if "inputs" not in body:
-        raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}")
-    raw, parameters = body["inputs"], body.get("parameters") or {}
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InputError(f"'stream' must be true or false, got {stream!r}")
+    parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}")
+    if "messages" in body:
+        if "inputs" in body:
+            raise InputError("send either 'inputs' or 'messages', not both")
+        messages = _check_messages(body["messages"], max_inputs, max_chars)
+        return Payload(inputs=[], single=True, parameters=parameters, messages=messages, stream=stream)
+    if "inputs" not in body:
+        raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}")
+    raw = body["inputs"]
     if isinstance(raw, str):
-        return Payload(inputs=[_check_text(raw, 0, max_chars)], single=True, parameters=parameters)
+        return Payload(inputs=[_check_text(raw, 0, max_chars)], single=True, parameters=parameters, stream=stream)
     if not isinstance(raw, list):
         raise InputError(f"'inputs' must be a string or a list of strings, got {type(raw).__name__}")
     if not raw:
         raise InputError("'inputs' is an empty list; send at least one string")
     if len(raw) > max_inputs:
         raise InputError(f"{len(raw)} inputs in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413)
-    return Payload(inputs=[_check_text(t, i, max_chars) for i, t in enumerate(raw)], single=False, parameters=parameters)
+    inputs = [_check_text(t, i, max_chars) for i, t in enumerate(raw)]
+    return Payload(inputs=inputs, single=False, parameters=parameters, stream=stream)
+
+
+def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[dict[str, str]]:
+    example = '[{"role": "user", "content": "Hello"}]'
+    if not isinstance(messages, list) or not messages:
+        raise InputError(f"'messages' must be a non-empty list of {{role, content}} objects, e.g. {example}")
+    if len(messages) > max_messages:
+        raise InputError(f"{len(messages)} messages in one request; the limit is {max_messages} (max_inputs_per_request)", status=413)
+    total = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise InputError(f"messages[{i}] must be an object with exactly 'role' and 'content', e.g. {example}")
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise InputError(f"messages[{i}].content must be a string, got {type(content).__name__}")
+        total += len(content)
+    if total > max_chars:
+        raise InputError(f"the messages have {total} characters in all; the limit is {max_chars} (max_chars_per_input)", status=413)
+    if messages[-1]["role"] == "assistant":
+        raise InputError("the last message is the assistant's; end with a user (or system) message to get a reply")
+    return [dict(m) for m in messages]
 
 
 def _check_text(text: Any, index: int, max_chars: int) -> str:

@@ -8,6 +8,8 @@ import importlib
 TASKS = {
     "embedding": "handlers.tasks.embedding:EmbeddingTask",
     "classification": "handlers.tasks.classification:ClassificationTask",
+    "token_classification": "handlers.tasks.token_classification:TokenClassificationTask",
+    "generation": "handlers.tasks.generation:GenerationTask",
 }
 
 

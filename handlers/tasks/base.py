@@ -34,11 +34,18 @@ class Task(abc.ABC):
     """
 
     Params: type  # dataclass of the per-request `parameters` this task accepts
+    name: str  # its key in handlers.tasks.TASKS
+    chat = False  # accepts `messages`
+    streams = False  # accepts `"stream": true`
 
     @abc.abstractmethod
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None: ...
 
     def parse(self, payload: Payload) -> Item:
+        if payload.messages is not None and not self.chat:
+            raise InputError(f"'messages' is for chat models; this model's task is {self.name}: send 'inputs'")
+        if payload.stream and not self.streams:
+            raise InputError(f"'stream' is for text generation; this model's task is {self.name}, answered in one response")
         try:
             params = parse_dataclass(self.Params, payload.parameters, "parameters")
         except ConfigError as e:
@@ -68,6 +75,7 @@ class Tokens:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     lengths: list[int]
+    rows: list[dict]  # what the tokenizer gave for each row (offsets, say)
 
 
 def load_tokenizer(model_dir: str):
@@ -84,11 +92,13 @@ def load_pretrained(auto_class, model_dir: str, cfg: HandlerConfig, device: torc
     return model.to(device).eval()
 
 
-def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate_default: bool) -> list[list[int]]:
-    """Token ids for every input of every item in one tokenizer call, cut at max_length.
+def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate: bool, **fields: bool) -> list[dict]:
+    """Every input of every item in one tokenizer call, cut at max_length: one dict per row.
 
-    An item whose parameters (or the config) forbid truncation and that has an input
-    longer than max_length is rejected with 413 and contributes no rows.
+    A row holds `input_ids` and any extra tokenizer output asked for in `fields`
+    (`return_offsets_mapping=True` gives it `offset_mapping`, say). An item whose
+    parameters (or else `truncate`) forbid truncation and that has an input longer than
+    max_length is rejected with 413 and contributes no rows.
     """
     texts = [text for item in items for text in item.payload.inputs]
     if not texts:
@@ -100,25 +110,27 @@ def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate_default
         return_overflowing_tokens=True,
         return_attention_mask=False,
         return_token_type_ids=False,
+        **fields,
     )
+    keys = [k for k in enc.keys() if k != "overflow_to_sample_mapping"]
     # With overflow on, an input longer than max_length yields several rows; the first
     # is the truncated input, and any further row tells that it was cut.
-    first: dict[int, list[int]] = {}
+    first: dict[int, dict] = {}
     overflowed: set[int] = set()
-    for ids, sample in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
+    for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
         if sample in first:
             overflowed.add(sample)
         else:
-            first[sample] = ids
-    rows: list[list[int]] = []
+            first[sample] = {k: enc[k][row] for k in keys}
+    rows: list[dict] = []
     position = 0
     for item in items:
         span = range(position, position + item.size)
         position += item.size
-        truncate = getattr(item.params, "truncate", None)
-        truncate = truncate_default if truncate is None else truncate
+        allowed = getattr(item.params, "truncate", None)
+        allowed = truncate if allowed is None else allowed
         too_long = [i - span.start for i in span if i in overflowed]
-        if too_long and not truncate:
+        if too_long and not allowed:
             item.error = InputError(
                 f"inputs[{too_long[0]}] is longer than {max_length} tokens (max_length) and truncation is off; "
                 "shorten it or send parameters.truncate=true",
@@ -129,15 +141,15 @@ def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate_default
     return rows
 
 
-def pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> Tokens:
-    """Pad to the longest row of this batch (never to max_length)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+def pad(rows: Sequence[dict], pad_id: int, device: torch.device) -> Tokens:
+    """Pad on the right to the longest row of this batch (never to max_length)."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    ids = torch.full((len(rows), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return Tokens(ids.to(device), mask.to(device), [len(r) for r in rows])
+        ids[i, : lengths[i]] = torch.tensor(row["input_ids"], dtype=torch.long)
+        mask[i, : lengths[i]] = 1
+    return Tokens(ids.to(device), mask.to(device), lengths, list(rows))
 
 
 def model_max_length(tokenizer, model_config, configured: int | None) -> int:
@@ -160,7 +172,8 @@ class EncoderTask(Task):
         self.model = load_pretrained(self.auto_class, model_dir, cfg, device)
         self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
 
-    def tokens(self, items: Sequence[Item]) -> Tokens | None:
+    def tokens(self, items: Sequence[Item], **fields: bool) -> Tokens | None:
         """The accepted items' inputs tokenized in one call and padded to the longest."""
-        rows = tokenize(self.tokenizer, items, self.max_length, self.cfg.truncate)
+        truncate = True if self.cfg.truncate is None else self.cfg.truncate
+        rows = tokenize(self.tokenizer, items, self.max_length, truncate, **fields)
         return pad(rows, self.tokenizer.pad_token_id or 0, self.device) if rows else None

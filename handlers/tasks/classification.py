@@ -20,6 +20,7 @@ class ClassificationParams:
 
 
 class ClassificationTask(EncoderTask):
+    name = "classification"
     Params = ClassificationParams
     auto_class = AutoModelForSequenceClassification
 

@@ -25,6 +25,7 @@ class EmbeddingBatch:
 
 
 class EmbeddingTask(EncoderTask):
+    name = "embedding"
     Params = EmbeddingParams
     auto_class = AutoModel
 

@@ -46,9 +46,26 @@ def test_good_bodies_decode(value, inputs, single, parameters):
         ({"inputs": ["a"] * 5}, 413, "5 inputs in one request; the limit is 4"),
         ({"inputs": "y" * 101}, 413, r"101 characters; the limit is 100"),
         ("z" * 101, 413, r"the limit is 100"),
+        ({"inputs": "x", "stream": "yes"}, 400, "'stream' must be true or false"),
+        ({"inputs": "x", "messages": [{"role": "user", "content": "x"}]}, 400, "either 'inputs' or 'messages'"),
+        ({"messages": []}, 400, "'messages' must be a non-empty list"),
+        ({"messages": "hi"}, 400, "'messages' must be a non-empty list"),
+        ({"messages": [{"role": "user"}]}, 400, r"messages\[0\] must be an object with exactly 'role' and 'content'"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, 400, r"messages\[0\].role must be one of system, user, assistant"),
+        ({"messages": [{"role": "user", "content": 5}]}, 400, r"messages\[0\].content must be a string"),
+        ({"messages": [{"role": "user", "content": "x"}] * 5}, 413, "5 messages in one request; the limit is 4"),
+        ({"messages": [{"role": "user", "content": "y" * 60}, {"role": "user", "content": "y" * 60}]}, 413, "120 characters in all"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, 400, "the last message is the assistant's"),
     ],
 )
 def test_bad_bodies_raise_input_error(value, status, message):
     with pytest.raises(InputError, match=message) as caught:
         decode(body(value), max_inputs=4, max_chars=100)
     assert caught.value.status == status
+
+
+def test_messages_and_stream_decode():
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    payload = decode(body({"messages": chat, "stream": True, "parameters": {"seed": 1}}), max_inputs=4, max_chars=100)
+    assert (payload.messages, payload.stream, payload.inputs, payload.parameters) == (chat, True, [], {"seed": 1})
+    assert decode(body({"inputs": "x"}), max_inputs=4, max_chars=100).stream is False

@@ -1,0 +1,120 @@
+"""Token classification in-process, checked against transformers' own pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transerve.inprocess import LocalWorker
+from transerve.spec import load_spec
+
+TEXTS = [
+    "Angela Merkel met Emmanuel Macron in Paris.", "Hugging Face is based in New York City.",
+    "John works at Microsoft in Seattle.", "no entities here at all", "x",
+    "Dr. Jürgen Müller flew from Zürich to São Paulo on Lufthansa.", "I ❤️ Tokyo",
+    "The United Nations met in Geneva on 12 March 2024.", "apple, banana, cherry",
+    "Barack Obama was born in Honolulu, Hawaii.", "unbelievably antidisestablishmentarianism",
+    "Email bob@example.com or call +1-555-0100.", "Ms. O'Neil-Smith visited the Louvre.",
+    "東京 is Tokyo", "   leading and trailing spaces   ",
+    "Sundar Pichai leads Google and Alphabet from Mountain View, California.",
+    " ".join(["Berlin"] * 400),
+]
+LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+STRATEGIES = ["none", "simple", "first", "max", "average"]
+
+
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory, minilm):
+    """A 2-layer BERT token classifier with all-MiniLM-L6-v2's tokenizer, and the pipeline on the same files."""
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
+
+    root = tmp_path_factory.mktemp("tagger")
+    torch.manual_seed(1)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+        initializer_range=0.5, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
+    )
+    weights = root / "weights"
+    BertForTokenClassification(config).save_pretrained(weights)
+    AutoTokenizer.from_pretrained(minilm.version().source_dir()).save_pretrained(weights)
+    spec = root / "tiny-ner" / "model.yaml"
+    spec.parent.mkdir()
+    spec.write_text(
+        "name: tiny-ner\ntask: token_classification\nsource: {dir: ../weights}\n"
+        "runtime: {batchSize: 8}\nversions: {'1.0': {}}\n"
+    )
+    worker = LocalWorker(load_spec(spec).version("1.0"))
+    yield worker, lambda strategy: pipeline("token-classification", model=str(weights), aggregation_strategy=strategy, device="cpu")
+    worker.close()
+
+
+def same_entities(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert set(g) == set(e)
+        for key in e:
+            if key == "score":
+                assert abs(g[key] - float(e[key])) < 1e-5
+            else:
+                assert g[key] == e[key], key
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_entities_match_the_pipeline(tagger, strategy):
+    worker, pipeline_for = tagger
+    reference = pipeline_for(strategy)
+    [answer] = worker.predict([{"inputs": TEXTS, "parameters": {"aggregation_strategy": strategy}}])
+    assert answer.status == 200
+    found = 0
+    for text, got in zip(TEXTS, answer.body):
+        expected = reference(text)
+        same_entities(got, expected)
+        found += len(expected)
+    assert found > len(TEXTS)  # the random model does tag things: the comparison is not of empty lists
+
+
+@pytest.mark.parametrize("text", [TEXTS[5], TEXTS[12], TEXTS[13]])
+def test_offsets_tile_the_text(tagger, text):
+    """With nothing ignored, the entities' spans cover every non-space character once, in order."""
+    worker, _ = tagger
+    [answer] = worker.predict([{"inputs": text, "parameters": {"aggregation_strategy": "first", "ignore_labels": []}}])
+    assert answer.status == 200 and isinstance(answer.body[0], dict), "a single input gets a flat list of entities"
+    spans = [(e["start"], e["end"]) for e in answer.body]
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert "".join(text[s:e] for s, e in spans).replace(" ", "") == text.replace(" ", "")
+
+
+def test_default_aggregation_is_simple_and_ignore_labels_applies(tagger):
+    worker, pipeline_for = tagger
+    default, everything = worker.predict([
+        {"inputs": TEXTS[0]},
+        {"inputs": TEXTS[0], "parameters": {"aggregation_strategy": "none", "ignore_labels": []}},
+    ])
+    same_entities(default.body, pipeline_for("simple")(TEXTS[0]))
+    assert len(everything.body) == len([t for t in worker.handler.task.tokenizer(TEXTS[0])["input_ids"]]) - 2
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"aggregation_strategy": "longest"}, "aggregation_strategy: expected"),
+        ({"ignore_labels": "O"}, "ignore_labels: expected list"),
+        ({"ignore_labels": [1]}, "ignore_labels must be a list of label strings"),
+        ({"top_k": 3}, "unknown key 'top_k'"),
+    ],
+)
+def test_bad_parameters_are_a_400(tagger, parameters, message):
+    worker, _ = tagger
+    bad, good = worker.predict([{"inputs": "Paris", "parameters": parameters}, {"inputs": "Paris"}])
+    assert bad.status == 400 and message in bad.body["message"]
+    assert good.status == 200
+
+
+def test_messages_and_stream_are_refused_by_a_non_chat_task(tagger):
+    worker, _ = tagger
+    chat, stream = worker.predict([
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"inputs": "hi", "stream": True},
+    ])
+    assert chat.status == 400 and "'messages' is for chat models" in chat.body["message"]
+    assert stream.status == 400 and "'stream' is for text generation" in stream.body["message"]
