@@ -12,6 +12,7 @@ import logging
 import time
 
 import torch
+from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.config import HandlerConfig
@@ -32,6 +33,8 @@ class TransformersHandler(BaseHandler):
         threads = configure_threads(self.cfg)
         self.task = task_class(self.cfg.task)()
         self.task.load(properties["model_dir"], self.cfg, self.device)
+        if self.task.streams:
+            self.task.emit = self.send_chunk
         self.initialized = True
         logger.info(
             "transerve: %s task=%s loaded on %s (dtype %s, %d torch threads) in %.2fs",
@@ -42,12 +45,17 @@ class TransformersHandler(BaseHandler):
     def preprocess(self, data):
         """Parse every request; one bad request is remembered by index, not raised."""
         items = []
-        for row in data:
+        for idx, row in enumerate(data):
             try:
                 payload = decode(row, self.cfg.max_inputs_per_request, self.cfg.max_chars_per_input)
-                items.append(self.task.parse(payload))
+                item = self.task.parse(payload)
             except InputError as e:
                 items.append(e)
+                continue
+            item.index = idx
+            if payload.stream:
+                self.context.set_response_content_type(idx, "application/x-ndjson")
+            items.append(item)
         accepted = [item for item in items if not isinstance(item, InputError)]
         return items, self.task.collate(accepted)
 
@@ -70,5 +78,12 @@ class TransformersHandler(BaseHandler):
                 continue
             own = outputs[position : position + item.size]
             position += item.size
-            answers.append(json.dumps(self.task.encode(item, own)))
+            answer = self.task.encode(item, own)
+            answers.append(answer if isinstance(answer, str) else json.dumps(answer))
         return answers
+
+    def send_chunk(self, idx: int, chunk: str) -> None:
+        """Stream one chunk to request `idx` of this batch now, as a chunked HTTP response part."""
+        send_intermediate_predict_response(
+            {idx: chunk}, {idx: self.context.request_ids[idx]}, "Intermediate response", 200, self.context,
+        )

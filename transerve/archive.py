@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from transerve.prepare import model_dir
 from transerve.spec import REPO, ModelVersion, SpecError
 
 HANDLERS_DIR = REPO / "handlers"
@@ -57,8 +58,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _model_files(mv: ModelVersion) -> list[Path]:
-    source = mv.source_dir()
+def _model_files(source: Path, mv: ModelVersion) -> list[Path]:
     if not source.is_dir():
         raise SpecError(f"{mv.spec_file}: source: {source} is not a directory")
     files = [
@@ -81,8 +81,8 @@ def model_config_text(mv: ModelVersion) -> str:
 def inputs_digest(mv: ModelVersion) -> str:
     """A digest of everything that goes into the archive: same digest, same archive."""
     digest = hashlib.sha256(f"layout {LAYOUT}\n{mv.name} {mv.version}\n{model_config_text(mv)}".encode())
-    source = mv.source_dir()
-    for path in _model_files(mv):
+    source = model_dir(mv)
+    for path in _model_files(source, mv):
         digest.update(f"model/{path.relative_to(source)} {file_sha256(path)}\n".encode())
     for path in _handler_files():
         digest.update(f"handlers/{path.relative_to(HANDLERS_DIR)} {file_sha256(path)}\n".encode())
@@ -95,8 +95,8 @@ def stage(mv: ModelVersion, dest: Path) -> Path:
     Model files are linked, not copied; the archiver copies them into the archive.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    source = mv.source_dir()
-    for path in _model_files(mv):
+    source = model_dir(mv)
+    for path in _model_files(source, mv):
         target = dest / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(path)

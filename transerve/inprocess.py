@@ -9,9 +9,10 @@ tests, and the answer to "the worker died and I don't know why".
 from __future__ import annotations
 
 import json
+import struct
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class Answer:
     status: int
     body: Any  # parsed JSON when the handler sent JSON, else the raw value
     phrase: str = ""
+    chunks: list = field(default_factory=list)  # streamed parts sent before the body, as sent
 
     def json(self) -> Any:
         return self.body
@@ -86,8 +88,9 @@ class LocalWorker:
         context = self.service.context
         context.request_ids, context.request_processor = ids, headers
         context.metrics.request_ids = ids
-        context.cl_socket = None
+        context.cl_socket = socket = _Recorder()
         outputs = self.service._entry_point(inputs, context)
+        streamed = socket.parts_by_request()
         answers = []
         for idx, out in enumerate(outputs):
             status, phrase = context.get_response_status(idx)
@@ -95,9 +98,51 @@ class LocalWorker:
                 body = json.loads(out)
             except (TypeError, ValueError):
                 body = out
-            answers.append(Answer(status or 200, body, phrase or ""))
+            chunks = streamed.get(ids[idx], [])
+            answers.append(Answer(status or 200, body, phrase or "", chunks))
         return answers
 
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+class _Recorder:
+    """Stands in for the worker's socket to the frontend; keeps what intermediate responses send."""
+
+    def __init__(self):
+        self.sent = bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def parts_by_request(self) -> dict[str, list[str]]:
+        """Parse the predict-response messages (TorchServe's OTF protocol) into each request's parts."""
+        parts: dict[str, list[str]] = {}
+        buf, pos = bytes(self.sent), 0
+
+        def integer() -> int:
+            nonlocal pos
+            (value,) = struct.unpack_from("!i", buf, pos)
+            pos += 4
+            return value
+
+        def blob() -> bytes:
+            nonlocal pos
+            n = integer()
+            pos += n
+            return buf[pos - n : pos]
+
+        while pos < len(buf):
+            integer()  # code
+            blob()  # message
+            while (n := integer()) != -1:
+                request_id = buf[pos : pos + n].decode()
+                pos += n
+                blob()  # content type
+                integer()  # status
+                blob()  # phrase
+                for _ in range(integer()):  # headers
+                    blob(), blob()
+                parts.setdefault(request_id, []).append(blob().decode())
+        return parts

@@ -22,15 +22,22 @@ class SpecError(ConfigError):
 
 @dataclass(frozen=True)
 class Source:
-    """Where the model files come from: an installed package's data, or a local folder."""
+    """Where the model files come from: an installed package's data, or a local folder.
+
+    With `gguf` set, that file (inside the folder) is converted once, at preparation
+    time, into a safetensors model directory (transerve.prepare); archives hold that.
+    """
 
     package: Optional[str] = None  # import name of a package that carries the files
     path: str = "."  # inside the package, or relative to the spec file when dir is set
     dir: Optional[str] = None
+    gguf: Optional[str] = None  # a GGUF file name in that folder
 
     def check(self):
         if (self.package is None) == (self.dir is None):
             yield "package", "give exactly one of source.package or source.dir"
+        if self.gguf is not None and not self.gguf.endswith(".gguf"):
+            yield "gguf", f"expected a file name ending in .gguf, got {self.gguf!r}"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ class Item:
     payload: Payload
     params: Any
     error: InputError | None = None
+    index: int = 0  # the request's position in its TorchServe batch
 
     @property
     def size(self) -> int:

@@ -1,0 +1,302 @@
+"""Text generation: AutoModelForCausalLM, chat templates, sampling, stop strings, streaming.
+
+A TorchServe batch is generated together, not one request after another: the prompts
+are left-padded into one batch and decoded a token at a time over one KV cache. Each
+row keeps its own parameters (budget, temperature, top_k, top_p, repetition penalty),
+its own random generator (so a seed gives the same text whatever else is in the batch)
+and its own stop strings, and leaves the batch as soon as it is finished, so the rest
+run on a smaller batch.
+
+The token choice is the one `model.generate` makes: repetition penalty, then
+temperature, top_k and top_p, then argmax (greedy) or one draw (sampling). Unset
+parameters take the model's generation_config, as `generate` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from handlers.config import HandlerConfig
+from handlers.payload import InputError, Payload
+from handlers.tasks.base import Item, Task, load_pretrained, load_tokenizer, model_max_length
+
+MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 64
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: Optional[int] = None  # None: the model's default_max_new_tokens
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    do_sample: Optional[bool] = None  # None: sample when temperature, top_p or top_k is given
+    repetition_penalty: Optional[float] = None
+    stop: Optional[Union[str, list]] = None  # the answer ends before the first of these
+    seed: Optional[int] = None
+    truncate: Optional[bool] = None  # over max_length: keep the prompt's end (true) or 413
+
+    def check(self):
+        if self.temperature is not None and not 0 < self.temperature <= 100:
+            yield "temperature", f"must be > 0 and <= 100, got {self.temperature} (for greedy decoding send do_sample: false)"
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            yield "top_p", f"must be > 0 and <= 1, got {self.top_p}"
+        if self.top_k is not None and self.top_k < 1:
+            yield "top_k", f"must be >= 1, got {self.top_k}"
+        if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
+            yield "repetition_penalty", f"must be > 0 and <= 10, got {self.repetition_penalty}"
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            yield "seed", f"must be between 0 and 2**63-1, got {self.seed}"
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            yield "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}"
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > MAX_STOP_STRINGS:
+            yield "stop", f"at most {MAX_STOP_STRINGS} strings, got {len(stops)}"
+        for s in stops:
+            if not isinstance(s, str) or not 0 < len(s) <= MAX_STOP_CHARS:
+                yield "stop", f"each stop must be a string of 1 to {MAX_STOP_CHARS} characters, got {s!r}"
+
+
+@dataclass
+class Row:
+    """One prompt being generated, with everything that decides its tokens and its end."""
+
+    item: Item
+    prompt: list[int]
+    max_new: int
+    sample: bool
+    temperature: float
+    top_k: int  # 0: no top-k filter
+    top_p: float
+    repetition_penalty: float
+    stops: list[str]
+    seed: int | None
+    generator: torch.Generator | None
+    stream: bool
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # characters of text already streamed
+    finish: str | None = None
+
+    def details(self) -> dict:
+        details = {"finish_reason": self.finish, "prompt_tokens": len(self.prompt), "generated_tokens": len(self.tokens)}
+        if self.sample:
+            details["seed"] = self.seed
+        return details
+
+
+@dataclass
+class Prompts:
+    rows: list[Row]
+
+
+class GenerationTask(Task):
+    name = "generation"
+    Params = GenerationParams
+    chat = True
+    streams = True
+
+    def __init__(self):
+        # The handler points this at TorchServe's intermediate response: (request index, chunk).
+        self.emit: Callable[[int, str], None] | None = None
+
+    def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_pretrained(AutoModelForCausalLM, model_dir, cfg, device)
+        self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or self.max_length + cfg.max_new_tokens
+        gen = self.model.generation_config
+        self.defaults = {
+            "do_sample": bool(gen.do_sample),
+            "temperature": gen.temperature if gen.temperature is not None else 1.0,
+            "top_k": gen.top_k if gen.top_k is not None else 50,
+            "top_p": gen.top_p if gen.top_p is not None else 1.0,
+            "repetition_penalty": gen.repetition_penalty if gen.repetition_penalty is not None else 1.0,
+        }
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, gen.pad_token_id, *self.eos, 0) if i is not None)
+
+    def parse(self, payload: Payload) -> Item:
+        item = super().parse(payload)
+        params = item.params
+        if params.max_new_tokens is not None and params.max_new_tokens > self.cfg.max_new_tokens:
+            raise InputError(
+                f"parameters.max_new_tokens: {params.max_new_tokens} is above this model's limit {self.cfg.max_new_tokens}"
+            )
+        if payload.stream and len(payload.inputs) > 1:
+            raise InputError("'stream' needs a single prompt; send one string in 'inputs' (or 'messages')")
+        if payload.messages is not None:
+            item.payload = dataclasses.replace(payload, inputs=[self.render(payload.messages)])
+        return item
+
+    def render(self, messages: list[dict]) -> str:
+        if not self.tokenizer.chat_template:
+            raise InputError("this model has no chat template; send the prompt as 'inputs'")
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # the template itself refuses (roles out of order, say)
+            raise InputError(f"'messages' do not fit this model's chat template: {e}") from None
+
+    def collate(self, items: Sequence[Item]) -> Prompts | None:
+        rows = []
+        for item in items:
+            # A rendered chat carries its own special tokens; a raw prompt gets the tokenizer's.
+            encoded = self.tokenizer(
+                item.payload.inputs, add_special_tokens=item.payload.messages is None,
+                return_attention_mask=False, return_token_type_ids=False,
+            )["input_ids"]
+            truncate = item.params.truncate
+            truncate = bool(self.cfg.truncate) if truncate is None else truncate
+            too_long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
+            if too_long and not truncate:
+                n = len(encoded[too_long[0]])
+                item.error = InputError(
+                    f"inputs[{too_long[0]}] is {n} tokens; the prompt limit is {self.max_length} tokens (max_length). "
+                    "Shorten it, or send parameters.truncate=true to keep its last tokens",
+                    status=413,
+                )
+                continue
+            rows.extend(self.row(item, ids[-self.max_length:]) for ids in encoded)
+        return Prompts(rows) if rows else None
+
+    def row(self, item: Item, prompt: list[int]) -> Row:
+        p, d = item.params, self.defaults
+        sample = p.do_sample if p.do_sample is not None else (
+            d["do_sample"] or any(v is not None for v in (p.temperature, p.top_p, p.top_k))
+        )
+        seed = p.seed if p.seed is not None else random.SystemRandom().randrange(MAX_SEED)
+        generator = None
+        if sample:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+        max_new = p.max_new_tokens or self.cfg.default_max_new_tokens
+        return Row(
+            item=item,
+            prompt=prompt,
+            max_new=max(1, min(max_new, self.max_positions - len(prompt))),
+            sample=sample,
+            temperature=p.temperature if p.temperature is not None else d["temperature"],
+            top_k=p.top_k if p.top_k is not None else (d["top_k"] or 0),
+            top_p=p.top_p if p.top_p is not None else d["top_p"],
+            repetition_penalty=p.repetition_penalty if p.repetition_penalty is not None else d["repetition_penalty"],
+            stops=[p.stop] if isinstance(p.stop, str) else list(p.stop or []),
+            seed=seed,
+            generator=generator,
+            stream=item.payload.stream,
+        )
+
+    def forward(self, batch: Prompts) -> list:
+        rows = batch.rows
+        width = max(len(r.prompt) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        seen = torch.zeros((len(rows), self.model.config.vocab_size), dtype=torch.bool)
+        for i, r in enumerate(rows):  # left padding: every row's next token is at the end
+            ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[i, width - len(r.prompt):] = 1
+            seen[i, r.prompt] = True
+        ids, mask, seen = ids.to(self.device), mask.to(self.device), seen.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1,
+        ).logits[:, -1, :].float()
+        active = list(rows)
+        while True:
+            chosen = self.choose(logits, active, seen)
+            seen[torch.arange(len(active), device=self.device), chosen] = True
+            keep = [i for i, (r, token) in enumerate(zip(active, chosen.tolist())) if not self.step(r, token)]
+            if not keep:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch and the cache
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                active = [active[i] for i in keep]
+                chosen, mask, seen = chosen[index], mask[index], seen[index]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            logits = self.model(
+                input_ids=chosen[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                cache=cache, use_cache=True, logits_to_keep=1,
+            ).logits[:, -1, :].float()
+        return rows
+
+    def choose(self, logits: torch.Tensor, rows: list[Row], seen: torch.Tensor) -> torch.Tensor:
+        """The next token of every row, as generate's logits processors would pick it."""
+        penalties = torch.tensor([r.repetition_penalty for r in rows], device=logits.device)[:, None]
+        if (penalties != 1.0).any():
+            penalized = torch.where(logits < 0, logits * penalties, logits / penalties)
+            logits = torch.where(seen, penalized, logits)
+        chosen = logits.argmax(-1)
+        sampled = [i for i, r in enumerate(rows) if r.sample]
+        if not sampled:
+            return chosen
+        part = [rows[i] for i in sampled]
+        scaled = logits[sampled] / torch.tensor([r.temperature for r in part], device=logits.device)[:, None]
+        ordered, order = scaled.sort(dim=-1, descending=True)
+        rank = torch.arange(scaled.shape[-1], device=logits.device)[None, :]
+        top_k = torch.tensor([r.top_k or scaled.shape[-1] for r in part], device=logits.device)[:, None]
+        ordered = ordered.masked_fill(rank >= top_k, float("-inf"))
+        top_p = torch.tensor([r.top_p for r in part], device=logits.device)[:, None]
+        probs = ordered.softmax(-1)
+        before = probs.cumsum(-1) - probs  # probability mass ranked above each token
+        ordered = ordered.masked_fill((top_p < 1.0) & (before > top_p) & (rank > 0), float("-inf"))
+        probs = ordered.softmax(-1)
+        for j, (i, r) in enumerate(zip(sampled, part)):
+            pick = torch.multinomial(probs[j], 1, generator=r.generator)
+            chosen[i] = order[j, pick[0]]
+        return chosen
+
+    def step(self, row: Row, token: int) -> bool:
+        """Add one token to a row; True when the row is finished."""
+        row.tokens.append(token)
+        if token in self.eos:
+            row.finish = "eos"
+        else:
+            row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            cut = first_stop(row.text, row.stops, since=row.sent)
+            if cut is not None:
+                row.text, row.finish = row.text[:cut], "stop"
+            elif len(row.tokens) >= row.max_new:
+                row.finish = "length"
+        if row.finish is not None and row.text.endswith("\ufffd"):
+            row.text = row.text[:-1]  # a character cut short by the budget
+        if row.stream and row.finish is None:
+            ready = safe_prefix(row.text, row.stops)
+            if ready > row.sent and self.emit is not None:
+                self.emit(row.item.index, json.dumps({"text": row.text[row.sent:ready]}) + "\n")
+                row.sent = ready
+        return row.finish is not None
+
+    def encode(self, item: Item, outputs: list) -> dict | list | str:
+        if item.payload.stream:
+            [row] = outputs
+            return json.dumps({"text": row.text[row.sent:], "details": row.details()}) + "\n"
+        answers = [{"generated_text": r.text, "details": r.details()} for r in outputs]
+        return answers[0] if item.payload.single else answers
+
+
+def first_stop(text: str, stops: list[str], since: int = 0) -> int | None:
+    """Where the earliest stop string starts in text, looking from `since` on."""
+    found = [i for i in (text.find(s, max(0, since - len(s))) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def safe_prefix(text: str, stops: list[str]) -> int:
+    """How much of text can be streamed: not a half-decoded character, not a stop string's start."""
+    end = len(text.rstrip("\ufffd"))
+    for stop in stops:
+        for n in range(min(len(stop) - 1, end), 0, -1):
+            if text[:end].endswith(stop[:n]):
+                end -= n
+                break
+    return max(end, 0)

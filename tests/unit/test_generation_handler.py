@@ -1,0 +1,157 @@
+"""Text generation in-process on SmolLM2-135M-Instruct (converted from the package's GGUF),
+checked against transformers' own `model.generate` on the same files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from transerve.inprocess import LocalWorker
+from transerve.spec import find_spec
+
+CHAT = [{"role": "user", "content": "Name three colours of the rainbow."}]
+PROMPTS = ["The quick brown fox", "Paris is the capital of", "def fibonacci(n):\n    ", "Once upon a time, in a small village by the sea, there lived"]
+
+
+@pytest.fixture(scope="module")
+def worker():
+    worker = LocalWorker(find_spec("smollm2-chat").version())
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="module")
+def reference(worker):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(worker.model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    return model, worker.handler.task.tokenizer
+
+
+def generate(reference, ids: list[int], n: int) -> list[int]:
+    model, _ = reference
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=n, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def expected_answer(reference, ids: list[int], n: int) -> tuple[str, int, str]:
+    _, tokenizer = reference
+    tokens = generate(reference, ids, n)
+    finish = "eos" if tokens[-1] == tokenizer.eos_token_id else "length"
+    return tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), finish
+
+
+def test_greedy_is_token_for_token_generate_in_one_batch(worker, reference):
+    """Four prompts of different lengths in one TorchServe batch (left padded together)."""
+    _, tokenizer = reference
+    answers = worker.predict([{"inputs": p, "parameters": {"max_new_tokens": 24}} for p in PROMPTS])
+    for prompt, answer in zip(PROMPTS, answers):
+        text, count, finish = expected_answer(reference, tokenizer(prompt).input_ids, 24)
+        assert answer.status == 200
+        assert answer.body["generated_text"] == text, prompt
+        assert answer.body["details"] == {
+            "finish_reason": finish, "prompt_tokens": len(tokenizer(prompt).input_ids), "generated_tokens": count,
+        }
+
+
+def test_chat_messages_are_rendered_with_the_template(worker, reference):
+    _, tokenizer = reference
+    ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert "<|im_start|>user" in tokenizer.decode(ids)
+    [answer] = worker.predict([{"messages": CHAT, "parameters": {"max_new_tokens": 40}}])
+    text, count, finish = expected_answer(reference, ids, 40)
+    assert answer.status == 200
+    assert (answer.body["generated_text"], answer.body["details"]["generated_tokens"]) == (text, count)
+    assert answer.body["details"]["prompt_tokens"] == len(ids)
+
+
+def test_same_seed_same_text_whatever_the_batch(worker):
+    sampled = {"inputs": PROMPTS[3], "parameters": {"max_new_tokens": 24, "temperature": 0.9, "top_p": 0.95, "seed": 7}}
+    alone = worker.predict([sampled])[0].body
+    again, other_seed, _ = worker.predict([
+        sampled,
+        {**sampled, "parameters": {**sampled["parameters"], "seed": 8}},
+        {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 5}},
+    ])
+    assert again.body == alone
+    assert alone["details"]["seed"] == 7
+    assert other_seed.body["generated_text"] != alone["generated_text"]
+
+
+def test_unseeded_sampling_reports_its_seed_and_replays_with_it(worker):
+    first = worker.predict([{"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 16, "do_sample": True}}])[0].body
+    seed = first["details"]["seed"]
+    replay = worker.predict([{"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 16, "do_sample": True, "seed": seed}}])[0].body
+    assert replay == first
+
+
+def test_stop_cuts_the_text_before_the_stop_string(worker):
+    full = worker.predict([{"inputs": PROMPTS[3], "parameters": {"max_new_tokens": 40}}])[0].body["generated_text"]
+    words = full.split()
+    stop = words[len(words) // 2]
+    [cut] = worker.predict([{"inputs": PROMPTS[3], "parameters": {"max_new_tokens": 40, "stop": ["@@never@@", stop]}}])
+    assert cut.body["generated_text"] == full[: full.find(stop)]
+    assert cut.body["details"]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("request_body", [
+    {"messages": CHAT, "parameters": {"max_new_tokens": 40}},
+    {"inputs": PROMPTS[2], "parameters": {"max_new_tokens": 30, "stop": "\n\n"}},
+])
+def test_streamed_chunks_concatenate_to_the_unstreamed_text(worker, request_body):
+    plain, streamed = worker.predict([request_body, {**request_body, "stream": True}])
+    chunks = [json.loads(line) for line in streamed.chunks] + [streamed.body]
+    assert len(streamed.chunks) >= 5, "one chunk per few tokens, not one at the end"
+    assert all(set(c) == {"text"} for c in chunks[:-1]) and set(chunks[-1]) == {"text", "details"}
+    assert "".join(c["text"] for c in chunks) == plain.body["generated_text"]
+    assert chunks[-1]["details"] == plain.body["details"]
+    assert plain.chunks == []
+
+
+def test_repetition_penalty_changes_a_repetitive_answer(worker):
+    prompt = {"inputs": "red red red red red red", "parameters": {"max_new_tokens": 12}}
+    plain, penalized = worker.predict([prompt, {**prompt, "parameters": {"max_new_tokens": 12, "repetition_penalty": 1.8}}])
+    assert plain.body["generated_text"].count("red") > penalized.body["generated_text"].count("red")
+
+
+def test_length_limit_and_truncation(worker):
+    task = worker.handler.task
+    long_prompt = "word " * (task.max_length + 50)
+    refused, kept = worker.predict([
+        {"inputs": long_prompt, "parameters": {"max_new_tokens": 2}},
+        {"inputs": long_prompt, "parameters": {"max_new_tokens": 2, "truncate": True}},
+    ])
+    assert refused.status == 413 and "the prompt limit is 2048 tokens" in refused.body["message"]
+    assert kept.status == 200 and kept.body["details"]["prompt_tokens"] == task.max_length
+
+
+@pytest.mark.parametrize(
+    "request_body, status, message",
+    [
+        ({"inputs": "x", "parameters": {"max_new_tokens": 513}}, 400, "513 is above this model's limit 512"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": 0}}, 400, "max_new_tokens: must be >= 1"),
+        ({"inputs": "x", "parameters": {"temperature": 0}}, 400, "temperature: must be > 0"),
+        ({"inputs": "x", "parameters": {"top_p": 1.5}}, 400, "top_p: must be > 0 and <= 1"),
+        ({"inputs": "x", "parameters": {"top_k": 0}}, 400, "top_k: must be >= 1"),
+        ({"inputs": "x", "parameters": {"seed": -1}}, 400, "seed: must be between 0"),
+        ({"inputs": "x", "parameters": {"stop": ["a"] * 9}}, 400, "stop: at most 8 strings"),
+        ({"inputs": "x", "parameters": {"stop": [""]}}, 400, "each stop must be a string"),
+        ({"inputs": "x", "parameters": {"temperature": "hot"}}, 400, "temperature: expected float or null"),
+        ({"inputs": "x", "parameters": {"beam_width": 4}}, 400, "unknown key 'beam_width'"),
+        ({"inputs": ["a", "b"], "stream": True}, 400, "'stream' needs a single prompt"),
+        ({"inputs": ["a"] * 9}, 413, "9 inputs in one request; the limit is 8"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}]}, 400, "role must be one of"),
+        (b"\xc3\x28 not utf-8", 400, "not valid UTF-8"),
+        ({"inputs": ""}, 400, "is empty"),
+    ],
+)
+def test_a_bad_request_fails_alone(worker, request_body, status, message):
+    good = {"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 4}}
+    before, bad, after = worker.predict([good, request_body, good])
+    assert bad.status == status, bad.body
+    assert message in bad.body["message"]
+    assert before.status == after.status == 200
+    assert before.body == after.body
