@@ -61,10 +61,18 @@ class TransformersHandler(BaseHandler):
 
     def inference(self, data, *args, **kwargs):
         items, batch = data
+        accepted = [item for item in items if not isinstance(item, InputError) and item.error is None]
         if batch is None:  # every request of this batch was refused
             return items, []
+        started = time.perf_counter()
         with torch.inference_mode():
-            return items, self.task.forward(batch)
+            outputs = self.task.forward(batch)
+        logger.info(
+            "transerve: batch of %d requests (%d refused), %d inputs, forward %.1f ms",
+            len(items), len(items) - len(accepted), sum(item.size for item in accepted),
+            (time.perf_counter() - started) * 1000,
+        )
+        return items, outputs
 
     def postprocess(self, data):
         """One answer per request, in order: its own outputs, or its own 4xx."""

