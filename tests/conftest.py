@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from transerve import archive
-from transerve.spec import find_spec
+from transerve.spec import find_spec, load_spec
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,29 @@ def store(tmp_path_factory, minilm):
     for version in ("1.0", "1.1"):
         archive.build(minilm.version(version), path, log=lambda _: None)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(minilm):
+    """Builds small classifiers for the tasks no default model covers (see _tiny_bert)."""
+    return lambda root, model_class, task, labels, **config: _tiny_bert(root, minilm, model_class, task, labels, **config)
+
+
+def _tiny_bert(root, minilm, model_class, task: str, labels: list[str], seed: int = 0, **config):
+    """A 2-layer BERT head of `model_class` with all-MiniLM-L6-v2's tokenizer and its own
+    labels, saved as safetensors under root/weights, with a spec for it; -> (version, weights)."""
+    from transformers import AutoTokenizer, BertConfig
+
+    torch.manual_seed(seed)
+    bert = BertConfig(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+        initializer_range=0.5, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, **config,
+    )
+    weights = root / "weights"
+    model_class(bert).save_pretrained(weights)
+    AutoTokenizer.from_pretrained(minilm.version().source_dir()).save_pretrained(weights)
+    name = f"tiny-{task.replace('_', '-')}"
+    spec = root / name / "model.yaml"
+    spec.parent.mkdir()
+    spec.write_text(f"name: {name}\ntask: {task}\nsource: {{dir: ../weights}}\nruntime: {{batchSize: 8}}\nversions: {{'1.0': {{}}}}\n")
+    return load_spec(spec).version("1.0"), weights

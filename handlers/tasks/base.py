@@ -172,6 +172,9 @@ class EncoderTask(Task):
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_pretrained(self.auto_class, model_dir, cfg, device)
         self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
+        config = self.model.config
+        # The label of each output column, from the model config (classifiers use it).
+        self.labels = [config.id2label.get(i, f"LABEL_{i}") for i in range(getattr(config, "num_labels", 0))]
 
     def tokens(self, items: Sequence[Item], **fields: bool) -> Tokens | None:
         """The accepted items' inputs tokenized in one call and padded to the longest."""

@@ -27,7 +27,6 @@ class ClassificationTask(EncoderTask):
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         super().load(model_dir, cfg, device)
         config = self.model.config
-        self.labels = [config.id2label[i] for i in range(config.num_labels)]
         # The same choice as transformers' text-classification pipeline.
         if config.problem_type == "regression":
             self.activation = lambda logits: logits

@@ -45,8 +45,6 @@ class TokenClassificationTask(EncoderTask):
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         super().load(model_dir, cfg, device)
-        config = self.model.config
-        self.labels = [config.id2label[i] for i in range(config.num_labels)]
         # Word-aware tokenizers (WordPiece's "##") tell subwords apart exactly; others get
         # the pipeline's fallback: a token glued to the previous character continues a word.
         backend = getattr(self.tokenizer, "_tokenizer", None)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from transerve.inprocess import LocalWorker
-from transerve.spec import load_spec
 
 TEXTS = [
     "I loved this film.", "Terrible service, never again.", "It was fine, I guess.", "a", "ok",
@@ -16,35 +14,17 @@ TEXTS = [
     "neutral statement about the weather", "🙂🙂🙂", "Why would anyone do that?",
     " ".join(["long"] * 600),
 ]
-LABELS = {0: "negative", 1: "neutral", 2: "positive"}
-
-
-def build_model(root, minilm, problem_type):
-    """A 2-layer BERT with all-MiniLM-L6-v2's tokenizer and its own labels, saved as safetensors."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-        initializer_range=0.5, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, problem_type=problem_type,
-    )
-    weights = root / "weights"
-    BertForSequenceClassification(config).save_pretrained(weights)
-    AutoTokenizer.from_pretrained(minilm.version().source_dir()).save_pretrained(weights)
-    spec = root / "tiny-classifier" / "model.yaml"
-    spec.parent.mkdir()
-    spec.write_text(
-        "name: tiny-classifier\ntask: classification\nsource: {dir: ../weights}\n"
-        "runtime: {batchSize: 8}\nversions: {'1.0': {}}\n"
-    )
-    return load_spec(spec).version("1.0"), weights
+LABELS = ["negative", "neutral", "positive"]
 
 
 @pytest.fixture(scope="module", params=["single_label_classification", "multi_label_classification"])
-def classifier(request, tmp_path_factory, minilm):
-    from transformers import pipeline
+def classifier(request, tmp_path_factory, tiny_bert):
+    from transformers import BertForSequenceClassification, pipeline
 
-    mv, weights = build_model(tmp_path_factory.mktemp("classifier"), minilm, request.param)
+    mv, weights = tiny_bert(
+        tmp_path_factory.mktemp("classifier"), BertForSequenceClassification, "classification", LABELS,
+        problem_type=request.param,
+    )
     worker = LocalWorker(mv)
     reference = pipeline("text-classification", model=str(weights), top_k=None, device="cpu", truncation=True)
     yield worker, reference

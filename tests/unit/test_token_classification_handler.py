@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from transerve.inprocess import LocalWorker
-from transerve.spec import load_spec
 
 TEXTS = [
     "Angela Merkel met Emmanuel Macron in Paris.", "Hugging Face is based in New York City.",
@@ -24,26 +22,14 @@ STRATEGIES = ["none", "simple", "first", "max", "average"]
 
 
 @pytest.fixture(scope="module")
-def tagger(tmp_path_factory, minilm):
-    """A 2-layer BERT token classifier with all-MiniLM-L6-v2's tokenizer, and the pipeline on the same files."""
-    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
+def tagger(tmp_path_factory, tiny_bert):
+    """A tiny BERT token classifier, and transformers' pipeline on the same files."""
+    from transformers import BertForTokenClassification, pipeline
 
-    root = tmp_path_factory.mktemp("tagger")
-    torch.manual_seed(1)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-        initializer_range=0.5, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
+    mv, weights = tiny_bert(
+        tmp_path_factory.mktemp("tagger"), BertForTokenClassification, "token_classification", LABELS, seed=1,
     )
-    weights = root / "weights"
-    BertForTokenClassification(config).save_pretrained(weights)
-    AutoTokenizer.from_pretrained(minilm.version().source_dir()).save_pretrained(weights)
-    spec = root / "tiny-ner" / "model.yaml"
-    spec.parent.mkdir()
-    spec.write_text(
-        "name: tiny-ner\ntask: token_classification\nsource: {dir: ../weights}\n"
-        "runtime: {batchSize: 8}\nversions: {'1.0': {}}\n"
-    )
-    worker = LocalWorker(load_spec(spec).version("1.0"))
+    worker = LocalWorker(mv)
     yield worker, lambda strategy: pipeline("token-classification", model=str(weights), aggregation_strategy=strategy, device="cpu")
     worker.close()
 
