@@ -28,6 +28,8 @@ def _describe(tp: Any) -> str:
 
 
 def _matches(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
     origin = typing.get_origin(tp)
     if origin is Literal:
         return value in typing.get_args(tp)

@@ -1,4 +1,7 @@
-"""`transerve archive | serve | stop | status`: build archives and run TorchServe with them."""
+"""transerve: build versioned TorchServe archives from model specs, serve them, and operate them.
+
+archive | serve | stop | status | register | scale | unregister | rollout | promote | rollback
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from pathlib import Path
 from handlers.config import ConfigError
 from transerve import archive
 from transerve.management import ApiError, InferenceClient, ManagementClient, key_reader
+from transerve.rollout import History, RolloutError, Rollouts
 from transerve.server import RUN_DIR, Server, ServerError, read_properties, running_pid, stop_running
-from transerve.spec import all_specs, find_spec
+from transerve.spec import MODELS_DIR, all_specs, find_spec
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
 FAILED, BAD_INPUT = 1, 2
@@ -48,7 +52,7 @@ def _short(value, width: int = 4):
 
 
 def cmd_archive(args) -> int:
-    spec = find_spec(args.name)
+    spec = find_spec(args.name, Path(args.models_dir))
     versions = spec.versions if args.version == "all" else [args.version or spec.default_version]
     for version in versions:
         record = archive.build(spec.version(version), Path(args.model_store), force=args.force)
@@ -61,7 +65,8 @@ def cmd_archive(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    specs = [find_spec(n) for n in args.models.split(",")] if args.models else all_specs()
+    models_dir = Path(args.models_dir)
+    specs = [find_spec(n, models_dir) for n in args.models.split(",")] if args.models else all_specs(models_dir)
     versions = [spec.version() for spec in specs]
     for mv in versions:
         record = archive.build(mv, Path(args.model_store))
@@ -74,6 +79,7 @@ def cmd_serve(args) -> int:
     for mv in versions:
         started = time.monotonic()
         management.register(mv.archive_name, initial_workers=mv.runtime.minWorkers)
+        History.load(Path(args.run_dir)).became_default(mv.name, mv.version)
         print(f"registered {mv.name} {mv.version}: READY in {time.monotonic() - started:.1f}s")
     print(
         f"inference   {server.url('inference')}/predictions/<model>\n"
@@ -87,8 +93,9 @@ def cmd_serve(args) -> int:
             if not mv.samples:
                 continue
             started = time.monotonic()
-            answer = inference.predict(mv.name, mv.samples[0])
-            print(f"sample request to {mv.name} ({(time.monotonic() - started) * 1000:.0f} ms): {json.dumps(mv.samples[0])}")
+            request = mv.samples[0].request
+            answer = inference.predict(mv.name, request)
+            print(f"sample request to {mv.name} ({(time.monotonic() - started) * 1000:.0f} ms): {json.dumps(request)}")
             print(f"answer: {json.dumps(_short(answer))}")
     print("stop it with: transerve stop")
     return 0
@@ -106,19 +113,95 @@ def cmd_status(args) -> int:
         print("TorchServe is not running")
         return FAILED
     management, _ = _clients(args)
-    rows = [v for name in management.list_models() for v in management.describe(name)]
+    names = [args.name] if getattr(args, "name", None) else management.list_models()
+    rows = [v for name in names for v in management.describe(name)]
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
-    header = ("MODEL", "VERSION", "DEFAULT", "WORKERS", "MIN-MAX", "BATCH", "DELAY(ms)")
-    table = [header] + [
-        (r.name, r.version, "*" if r.is_default else "", f"{r.ready_workers}/{len(r.workers)} ready",
-         f"{r.min_workers}-{r.max_workers}", str(r.batch_size), str(r.max_batch_delay))
-        for r in rows
-    ]
+    _table(
+        ("MODEL", "VERSION", "DEFAULT", "WORKERS", "MIN-MAX", "BATCH", "DELAY(ms)", "QUEUED"),
+        [(r.name, r.version, "*" if r.is_default else "", f"{r.ready_workers}/{len(r.workers)} ready",
+          f"{r.min_workers}-{r.max_workers}", str(r.batch_size), str(r.max_batch_delay), str(r.pending_requests))
+         for r in rows],
+    )
+    return 0
+
+
+def _table(header: tuple, rows: list[tuple]) -> None:
+    table = [header] + rows
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _done(args, result: dict) -> int:
+    """Print what an operation did: a line for people, or one JSON object with --json."""
+    print(json.dumps(result) if args.json else result["message"])
+    return 0
+
+
+def cmd_register(args) -> int:
+    mv = find_spec(args.name, Path(args.models_dir)).version(args.version)
+    record = archive.build(mv, Path(args.model_store), log=lambda line: None if args.json else print(line))
+    management, _ = _clients(args)
+    workers = mv.runtime.minWorkers if args.workers is None else args.workers
+    message = management.register(mv.archive_name, initial_workers=workers, timeout=mv.runtime.startupTimeout + 60)
+    [status] = management.describe(mv.name, mv.version)
+    return _done(args, {
+        "model": mv.name, "version": mv.version, "archive": record.path, "default": status.is_default,
+        "ready_workers": status.ready_workers,
+        "message": f"{message}: {mv.name} {mv.version}, {status.ready_workers} workers READY"
+                   f"{', default' if status.is_default else ', not default (transerve rollout or promote makes it default)'}",
+    })
+
+
+def cmd_scale(args) -> int:
+    management, _ = _clients(args)
+    maximum = args.max_workers if args.max_workers is not None else args.workers
+    try:
+        management.scale(args.name, args.workers, maximum, version=args.version)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT
+    [status] = management.describe(args.name, args.version) if args.version else [
+        s for s in management.describe(args.name) if s.is_default
+    ]
+    return _done(args, {
+        "model": args.name, "version": status.version, "min_workers": status.min_workers,
+        "max_workers": status.max_workers, "ready_workers": status.ready_workers,
+        "message": f"{args.name} {status.version}: {status.ready_workers}/{len(status.workers)} workers READY "
+                   f"(min {status.min_workers}, max {status.max_workers})",
+    })
+
+
+def cmd_unregister(args) -> int:
+    management, _ = _clients(args)
+    message = management.unregister(args.name, args.version)
+    return _done(args, {"model": args.name, "version": args.version, "message": message})
+
+
+def _rollouts(args) -> Rollouts:
+    management, inference = _clients(args)
+    return Rollouts(
+        management, inference, Path(args.model_store), Path(args.run_dir), log=print,
+        drain_seconds=args.drain_seconds, keep=args.keep,
+    )
+
+
+def cmd_rollout(args) -> int:
+    spec = find_spec(args.name, Path(args.models_dir))
+    spec.version(args.version)  # an unknown version is a usage error, before anything runs
+    _rollouts(args).rollout(spec, args.version, canary=args.canary)
+    return 0
+
+
+def cmd_promote(args) -> int:
+    _rollouts(args).promote(find_spec(args.name, Path(args.models_dir)), args.version)
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    _rollouts(args).rollback(find_spec(args.name, Path(args.models_dir)))
     return 0
 
 
@@ -126,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="transerve", description=__doc__)
     top.add_argument("--model-store", default=str(archive.STORE), help="where archives are built and served from")
     top.add_argument("--run-dir", default=str(RUN_DIR), help="TorchServe's working dir: effective config, keys, logs")
+    top.add_argument("--models-dir", default=str(MODELS_DIR), help="where the model specs (NAME/model.yaml) are")
     verbs = top.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("archive", help="build model_store/NAME-VERSION.mar from models/NAME/model.yaml")
@@ -144,8 +228,47 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_stop)
 
     p = verbs.add_parser("status", help="models, versions and workers of the running TorchServe")
+    p.add_argument("name", nargs="?", help="one model (default: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_status)
+
+    p = verbs.add_parser("register", help="build if needed and register NAME VERSION beside the others (not default)")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--workers", type=int, help="initial workers (default: the spec's minWorkers)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_register)
+
+    p = verbs.add_parser("scale", help="set the workers of a model version")
+    p.add_argument("name")
+    p.add_argument("--version", help="default: the default version")
+    p.add_argument("--workers", type=int, required=True, help="minimum workers (0 stops them all)")
+    p.add_argument("--max-workers", type=int, help="maximum workers (default: --workers)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_scale)
+
+    p = verbs.add_parser("unregister", help="unregister one version of a model")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_unregister)
+
+    for verb, help_text in (
+        ("rollout", "make VERSION the default safely: register, warm, smoke-test, switch, drain the old one"),
+        ("promote", "finish a canary rollout: make VERSION the default and drain the old one"),
+        ("rollback", "make the previous default the default again"),
+    ):
+        p = verbs.add_parser(verb, help=help_text)
+        p.add_argument("name")
+        if verb != "rollback":
+            p.add_argument("version")
+        if verb == "rollout":
+            p.add_argument("--canary", action="store_true",
+                           help="stop after the smoke test; the version answers at /predictions/NAME/VERSION only")
+        p.add_argument("--keep", type=int, default=2, help="versions kept registered for rollback (default 2)")
+        p.add_argument("--drain-seconds", type=float, default=3.0,
+                       help="wait after the old version's queue is empty, for its running batch (default 3)")
+        p.set_defaults(run={"rollout": cmd_rollout, "promote": cmd_promote, "rollback": cmd_rollback}[verb])
     return top
 
 
@@ -156,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return BAD_INPUT
+    except RolloutError as e:
+        print(f"error: {args.verb} {args.name}: {e}", file=sys.stderr)
+        return FAILED
     except (ApiError, ServerError, archive.ArchiveError) as e:
         print(f"error: {e}", file=sys.stderr)
         return FAILED

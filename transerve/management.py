@@ -100,6 +100,8 @@ class ModelVersionStatus:
     batch_size: int
     max_batch_delay: int
     workers: tuple[Worker, ...]
+    pending_requests: int = 0  # queued, not yet handed to a worker
+    response_timeout: int = 0
 
     @property
     def ready_workers(self) -> int:
@@ -113,6 +115,8 @@ class ModelVersionStatus:
             min_workers=data.get("minWorkers", 0), max_workers=data.get("maxWorkers", 0),
             batch_size=data.get("batchSize", 1), max_batch_delay=data.get("maxBatchDelay", 0),
             workers=tuple(Worker.parse(w) for w in data.get("workers", [])),
+            pending_requests=(data.get("jobQueueStatus") or {}).get("pendingRequests", 0),
+            response_timeout=data.get("responseTimeout", 0),
         )
 
 
@@ -161,8 +165,9 @@ class ManagementClient(_Api):
         self, name: str, min_workers: int, max_workers: int | None = None, version: str | None = None,
         synchronous: bool = True, timeout: float = 300,
     ) -> str:
-        if min_workers < 0 or (max_workers is not None and max_workers < min_workers):
-            raise ValueError(f"bad worker counts: min {min_workers}, max {max_workers}; need 0 <= min <= max")
+        counts = (min_workers, min_workers if max_workers is None else max_workers)
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts) or counts[0] < 0 or counts[1] < counts[0]:
+            raise ValueError(f"bad worker counts: min {min_workers}, max {max_workers}; need integers 0 <= min <= max")
         path = f"/models/{name}/{version}" if version else f"/models/{name}"
         params = {"min_worker": min_workers, "max_worker": max_workers if max_workers is not None else min_workers,
                   "synchronous": str(synchronous).lower()}

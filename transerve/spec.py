@@ -62,10 +62,34 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """A request to send a version before it takes traffic, and optionally what must come back.
+
+    `expect` is matched as a subset of the answer: every key it names must be there with
+    an equal value (numbers within 1e-3), lists element by element.
+    """
+
+    request: Any
+    expect: Any = None
+
+
+def _sample(entry: Any, where: str) -> Sample:
+    # A sample is a request body as it is, or {request: body, expect: ...}.
+    if isinstance(entry, dict) and "request" in entry:
+        try:
+            return parse_dataclass(Sample, entry, where)
+        except ConfigError as e:
+            raise SpecError(str(e)) from None
+    return Sample(request=entry)
+
+
+@dataclass(frozen=True)
 class VersionOverrides:
     handler: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
     description: str = ""
+    samples: Optional[list] = None  # replaces the model's samples for this version
+    source: Optional[dict] = None  # other weights for this version (a fine-tune, say)
 
 
 @dataclass(frozen=True)
@@ -91,7 +115,8 @@ class ModelVersion:
     handler: HandlerConfig
     runtime: Runtime
     spec_file: Path
-    samples: tuple
+    samples: tuple[Sample, ...]
+    task: str = ""
 
     @property
     def archive_name(self) -> str:
@@ -138,11 +163,16 @@ class ModelSpec:
         return ModelVersion(
             name=self.name,
             version=version,
-            source=_parse(Source, self.raw.source, f"{self.file}: source"),
+            source=_parse(Source, overrides.source, f"{where}: source") if overrides.source is not None
+            else _parse(Source, self.raw.source, f"{self.file}: source"),
             handler=_parse(HandlerConfig, handler, f"{where}: handler" if overrides.handler else f"{self.file}: handler"),
             runtime=_parse(Runtime, runtime, f"{where}: runtime" if overrides.runtime else f"{self.file}: runtime"),
             spec_file=self.file,
-            samples=tuple(self.raw.samples),
+            samples=tuple(
+                _sample(entry, f"{where}: samples[{i}]" if overrides.samples is not None else f"{self.file}: samples[{i}]")
+                for i, entry in enumerate(self.raw.samples if overrides.samples is None else overrides.samples)
+            ),
+            task=self.raw.task,
         )
 
 

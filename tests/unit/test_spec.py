@@ -85,3 +85,20 @@ def test_missing_spec_file_and_invalid_yaml(tmp_path):
 def test_shipped_specs_are_valid():
     names = [spec.name for spec in all_specs()]
     assert "minilm-embed" in names
+
+
+def test_a_version_may_bring_its_own_weights_and_samples(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD.replace(
+        '"1.0": {}',
+        '"1.0": {}\n      "1.5": {source: {dir: ./finetuned}, samples: [{request: {inputs: "x"}, expect: {dimensions: 64}}]}',
+    ).replace("runtime:", 'samples: [{inputs: ["a", "b"]}]\n    runtime:', 1)))
+    base, tuned = spec.version("1.0"), spec.version("1.5")
+    assert base.source_dir() == (tmp_path / "tiny" / "weights").resolve()
+    assert tuned.source_dir() == (tmp_path / "tiny" / "finetuned").resolve()
+    assert [(s.request, s.expect) for s in base.samples] == [({"inputs": ["a", "b"]}, None)]
+    assert [(s.request, s.expect) for s in tuned.samples] == [({"inputs": "x"}, {"dimensions": 64})]
+
+
+def test_a_sample_with_an_unknown_key_is_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"samples\[0\]: unknown key 'expected'"):
+        load_spec(write(tmp_path, GOOD.replace("runtime:", 'samples: [{request: "x", expected: 1}]\n    runtime:', 1)))

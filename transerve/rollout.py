@@ -1,0 +1,278 @@
+"""Blue-green version changes on one TorchServe, losing no request.
+
+rollout:  archive -> register (not default) -> ready -> smoke -> set-default -> drain the
+          old version -> scale it to zero workers -> unregister versions beyond the last N.
+          Any failure before set-default unregisters the new version; the default never
+          changed. `canary` stops after smoke: the new version answers only at
+          /predictions/NAME/VERSION until `promote`.
+rollback: the previous default (kept registered, at zero workers) is scaled up, made
+          ready, smoke-tested, made default; the current one is drained and scaled down.
+
+TorchServe routes each request to a version when it arrives, so after set-default the old
+version only holds what it had already accepted: its queue (the management API's
+pendingRequests) and the batch its workers are running. Scaling a worker down interrupts
+its batch (those requests get 500 "Worker scaled down."), so draining waits for an empty
+queue and then a grace period longer than a batch takes, before scaling down.
+
+The order of defaults is kept in <run dir>/rollouts.json: TorchServe does not remember
+which version was default before, and rollback needs to know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transerve import archive, smoke
+from transerve.management import ApiError, InferenceClient, ManagementClient, ModelVersionStatus
+from transerve.spec import ModelSpec, ModelVersion
+
+HISTORY = "rollouts.json"
+
+
+class RolloutError(RuntimeError):
+    """A step failed; `step` names it and the message says why and what was undone."""
+
+    def __init__(self, step: str, reason: str, undone: str = ""):
+        super().__init__(f"step '{step}' failed: {reason}" + (f"; {undone}" if undone else ""))
+        self.step, self.reason, self.undone = step, reason, undone
+
+
+@dataclass
+class History:
+    """Which versions of each model were default, oldest first, last = current."""
+
+    path: Path
+    defaults: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "History":
+        path = Path(run_dir) / HISTORY
+        try:
+            return cls(path, json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return cls(path)
+
+    def of(self, name: str) -> list[str]:
+        return self.defaults.setdefault(name, [])
+
+    def became_default(self, name: str, version: str) -> None:
+        versions = [v for v in self.of(name) if v != version]
+        self.defaults[name] = versions + [version]
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.defaults, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class Rollouts:
+    management: ManagementClient
+    inference: InferenceClient
+    store: Path
+    run_dir: Path
+    log: object = print
+    drain_seconds: float = 3.0  # after the old version's queue is empty: longer than one batch takes
+    keep: int = 2  # versions kept registered (current + previous) for rollback
+    _count: int = 0
+
+    # -- the three operations -------------------------------------------------------------
+
+    def rollout(self, spec: ModelSpec, version: str, canary: bool = False) -> None:
+        mv = spec.version(version)
+        registered = self._registered(spec.name)
+        if version in registered:
+            state = "the default" if registered[version].is_default else "registered"
+            raise RolloutError("check", f"{spec.name} {version} is already {state}; "
+                               f"use `transerve promote {spec.name} {version}` or unregister it first")
+        old = next((v for v, s in registered.items() if s.is_default), None)
+        self.log(f"rollout {spec.name}: {old or '(none)'} -> {version}{' (canary)' if canary else ''}")
+        try:
+            with self._step("archive"):
+                record = archive.build(mv, self.store, log=lambda line: self.log(f"    {line}"))
+                self.log(f"    {Path(record.path).name} {'reused' if record.reused else 'built'}, {record.size / 1e6:.1f} MB")
+            with self._step("register"):
+                self.management.register(
+                    mv.archive_name, initial_workers=max(1, mv.runtime.minWorkers), synchronous=True,
+                    timeout=mv.runtime.startupTimeout + 60,
+                )
+            with self._step("ready"):
+                self._wait_ready(spec.name, version, mv.runtime.startupTimeout)
+            with self._step("smoke"):
+                self._smoke(mv)
+        except RolloutError as e:
+            reason = e.reason
+            if e.step in ("register", "ready"):
+                said = self._worker_error(spec.name, version)
+                reason += f"; the worker said: {said}" if said else ""
+            raise RolloutError(e.step, reason, self._undo_register(spec.name, version, old)) from None
+        if canary:
+            self.log(f"canary {spec.name} {version} is ready at /predictions/{spec.name}/{version}; "
+                     f"the default is still {old}. Finish with: transerve promote {spec.name} {version}")
+            return
+        self._switch(spec, old, version)
+
+    def promote(self, spec: ModelSpec, version: str) -> None:
+        registered = self._registered(spec.name)
+        if version not in registered:
+            raise RolloutError("check", f"{spec.name} {version} is not registered; roll it out with --canary first")
+        if registered[version].is_default:
+            raise RolloutError("check", f"{spec.name} {version} is already the default")
+        old = next(v for v, s in registered.items() if s.is_default)
+        mv = spec.version(version)
+        self.log(f"promote {spec.name}: {old} -> {version}")
+        if registered[version].ready_workers == 0:  # kept at zero workers by an earlier switch
+            with self._step(f"scale {version} up"):
+                self._scale_up(mv)
+        with self._step("ready"):
+            self._wait_ready(spec.name, version, mv.runtime.startupTimeout)
+        with self._step("smoke"):
+            self._smoke(mv)
+        self._switch(spec, old, version)
+
+    def rollback(self, spec: ModelSpec) -> None:
+        registered = self._registered(spec.name)
+        current = next((v for v, s in registered.items() if s.is_default), None)
+        if current is None:
+            raise RolloutError("check", f"{spec.name} is not registered")
+        earlier = [v for v in History.load(self.run_dir).of(spec.name) if v != current]
+        if not earlier:
+            raise RolloutError("check", f"no earlier default of {spec.name} is recorded in {self.run_dir / HISTORY}; "
+                               f"roll out the version you want: transerve rollout {spec.name} VERSION")
+        previous = earlier[-1]
+        if previous not in registered:
+            raise RolloutError("check", f"{spec.name} {previous} is no longer registered; roll it out again instead")
+        mv = spec.version(previous)
+        self.log(f"rollback {spec.name}: {current} -> {previous}")
+        try:
+            with self._step(f"scale {previous} up"):
+                self._scale_up(mv)
+            with self._step("ready"):
+                self._wait_ready(spec.name, previous, mv.runtime.startupTimeout)
+            with self._step("smoke"):
+                self._smoke(mv)
+        except RolloutError as e:
+            with contextlib.suppress(ApiError):
+                self.management.scale(spec.name, 0, 0, version=previous)
+            raise RolloutError(e.step, e.reason, f"{previous} scaled back to 0 workers; the default is still {current}") from None
+        self._switch(spec, current, previous)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _switch(self, spec: ModelSpec, old: str | None, new: str) -> None:
+        """new becomes default; old drains and goes to zero workers; old versions beyond keep go."""
+        history = History.load(self.run_dir)
+        if old is not None and not history.of(spec.name):
+            history.became_default(spec.name, old)
+        with self._step("set-default"):
+            self.management.set_default(spec.name, new)
+        history.became_default(spec.name, new)
+        if old is None:
+            return
+        with self._step(f"drain {old}"):
+            self._drain(spec.name, old)
+        with self._step(f"scale {old} to 0 workers"):
+            self.management.scale(spec.name, 0, 0, version=old)
+        kept = history.of(spec.name)[-self.keep:]
+        for version, status in self._registered(spec.name).items():
+            if version in history.of(spec.name) and version not in kept and not status.is_default:
+                with self._step(f"unregister {version} (keeping {', '.join(kept)})"):
+                    self.management.unregister(spec.name, version)
+        self.log(f"{spec.name} {new} is the default; {old} is kept at 0 workers for `transerve rollback {spec.name}`")
+
+    def _scale_up(self, mv: ModelVersion) -> None:
+        workers = max(1, mv.runtime.minWorkers)
+        self.management.scale(mv.name, workers, max(workers, mv.runtime.maxWorkers), version=mv.version,
+                              timeout=mv.runtime.startupTimeout + 60)
+
+    def _wait_ready(self, name: str, version: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            [status] = self.management.describe(name, version)
+            if status.ready_workers >= 1:
+                self.log(f"    {status.ready_workers}/{len(status.workers)} workers READY")
+                return
+            if time.monotonic() > deadline:
+                raise RolloutError("ready", f"no worker of {name} {version} became READY within {timeout:.0f}s; "
+                                   f"see {self.run_dir / 'logs' / 'model_log.log'}")
+            time.sleep(0.5)
+
+    def _smoke(self, mv: ModelVersion) -> None:
+        if not mv.samples:
+            raise RolloutError("smoke", f"{mv.spec_file} has no samples to smoke-test {mv.name} {mv.version} with")
+        for i, sample in enumerate(mv.samples):
+            try:
+                answer = self.inference.predict(mv.name, sample.request, version=mv.version,
+                                                timeout=mv.runtime.responseTimeout + 10)
+            except ApiError as e:
+                raise RolloutError("smoke", f"sample {i} was refused: {e}") from None
+            wrong = smoke.problems(mv.task, sample.request, answer)
+            if sample.expect is not None:
+                wrong += smoke.mismatches(sample.expect, answer)
+            if wrong:
+                raise RolloutError("smoke", f"sample {i}: {'; '.join(wrong[:3])}")
+            self.log(f"    sample {i} ok")
+
+    def _drain(self, name: str, version: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            [status] = self.management.describe(name, version)
+            if status.pending_requests == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RolloutError("drain", f"{name} {version} still has {status.pending_requests} queued requests "
+                                   f"after {timeout:.0f}s; it keeps its workers")
+            time.sleep(0.1)
+        time.sleep(self.drain_seconds)  # the batch its workers were running when the queue emptied
+        [status] = self.management.describe(name, version)
+        if status.pending_requests:
+            raise RolloutError("drain", f"{name} {version} took new requests while draining; it keeps its workers")
+        self.log(f"    queue empty, waited {self.drain_seconds:g}s for running batches")
+
+    def _undo_register(self, name: str, version: str, old: str | None) -> str:
+        try:
+            self.management.unregister(name, version)
+            undone = f"{version} unregistered"
+        except ApiError as e:
+            undone = f"{version} is not registered" if e.status == 404 else f"unregistering {version} failed too: {e}"
+        return undone + (f"; the default is still {old}" if old else "")
+
+    def _worker_error(self, name: str, version: str) -> str:
+        """The last error a worker of this version logged, if TorchServe's model log has one."""
+        log = self.run_dir / "logs" / "model_log.log"
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        tag = f"-{name}_{version}-"
+        errors = [line for line in lines if tag in line and ("Error" in line or "Exception" in line)]
+        return errors[-1].split("MODEL_LOG - ", 1)[-1].strip()[:300] if errors else ""
+
+    def _registered(self, name: str) -> dict[str, ModelVersionStatus]:
+        try:
+            return {s.version: s for s in self.management.describe(name)}
+        except ApiError as e:
+            if e.status == 404:
+                return {}
+            raise
+
+    @contextlib.contextmanager
+    def _step(self, name: str):
+        self._count += 1
+        started = time.monotonic()
+        self.log(f"[{self._count}] {name} ...")
+        try:
+            yield
+        except (RolloutError, ApiError, archive.ArchiveError, ValueError, OSError) as e:
+            self.log(f"[{self._count}] {name} FAILED after {time.monotonic() - started:.1f}s")
+            if isinstance(e, RolloutError):
+                raise
+            raise RolloutError(name, str(e)) from None
+        self.log(f"[{self._count}] {name} done in {time.monotonic() - started:.1f}s")
