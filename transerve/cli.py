@@ -35,8 +35,8 @@ def _clients(args) -> tuple[ManagementClient, InferenceClient]:
     props = read_properties(config)
     keys = Path(args.run_dir) / "key_file.json"
     return (
-        ManagementClient(props["management_address"], key_reader(keys, "management")),
-        InferenceClient(props["inference_address"], key_reader(keys, "inference")),
+        ManagementClient(props["management_address"], args.management_key or key_reader(keys, "management")),
+        InferenceClient(props["inference_address"], args.inference_key or key_reader(keys, "inference")),
     )
 
 
@@ -210,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--model-store", default=str(archive.STORE), help="where archives are built and served from")
     top.add_argument("--run-dir", default=str(RUN_DIR), help="TorchServe's working dir: effective config, keys, logs")
     top.add_argument("--models-dir", default=str(MODELS_DIR), help="where the model specs (NAME/model.yaml) are")
+    top.add_argument("--management-key", help="management API key (default: read from the run dir's key_file.json)")
+    top.add_argument("--inference-key", help="inference API key (default: read from the run dir's key_file.json)")
     verbs = top.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("archive", help="build model_store/NAME-VERSION.mar from models/NAME/model.yaml")

@@ -89,9 +89,10 @@ class Rollouts:
         mv = spec.version(version)
         registered = self._registered(spec.name)
         if version in registered:
-            state = "the default" if registered[version].is_default else "registered"
-            raise RolloutError("check", f"{spec.name} {version} is already {state}; "
-                               f"use `transerve promote {spec.name} {version}` or unregister it first")
+            if registered[version].is_default:
+                raise RolloutError("check", f"{spec.name} {version} is already the default; nothing to do")
+            raise RolloutError("check", f"{spec.name} {version} is already registered; make it the default with "
+                               f"`transerve promote {spec.name} {version}`, or unregister it to roll it out afresh")
         old = next((v for v, s in registered.items() if s.is_default), None)
         self.log(f"rollout {spec.name}: {old or '(none)'} -> {version}{' (canary)' if canary else ''}")
         try:

@@ -40,11 +40,12 @@ def models_dir(tmp_path_factory):
     (broken / "model.safetensors").write_bytes(b"this is not a safetensors file" * 100)
     data = yaml.safe_load(real.file.read_text())
     data["versions"]["2.0"] = {"source": {"dir": "../broken-weights"}, "runtime": {"startupTimeout": 20}}
+    data["versions"]["1.2"] = {"handler": {"normalize": False}}
     data["versions"]["3.0"] = {"samples": [{"request": {"inputs": "what does the smoke test see?"}, "expect": {"dimensions": 512}}]}
     spec = root / NAME / "model.yaml"
     spec.parent.mkdir()
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert set(find_spec(NAME, root).versions) == {"1.0", "1.1", "2.0", "3.0"}
+    assert set(find_spec(NAME, root).versions) == {"1.0", "1.1", "1.2", "2.0", "3.0"}
     return root
 
 
@@ -59,7 +60,7 @@ def operate(torchserve, store, models_dir, management):
         return code, out, err
 
     yield run
-    for version in ("3.0", "2.0", "1.1", "1.0"):
+    for version in ("3.0", "2.0", "1.2", "1.1", "1.0"):
         try:
             management.unregister(NAME, version)
         except ApiError:
@@ -151,6 +152,13 @@ def test_a_call_without_the_key_surfaces_torchserves_refusal(torchserve):
     assert "Token Authorization failed" in refused.value.message
 
 
+def test_cli_key_option_is_used_and_a_wrong_key_is_reported(capsys, operate, torchserve):
+    code, _, err = operate(capsys, "--management-key", "not-the-key", "status", NAME)
+    assert code == cli.FAILED and "InvalidKeyException" in err and "Token Authorization failed" in err
+    code, out, _ = operate(capsys, "--management-key", torchserve.keys()["management"], "status", NAME)
+    assert code == 0 and NAME in out
+
+
 def test_cli_status_and_scale(capsys, operate, management):
     code, out, _ = operate(capsys, "status", NAME)
     assert code == 0 and out.splitlines()[0].split()[:3] == ["MODEL", "VERSION", "DEFAULT"]
@@ -228,6 +236,16 @@ def test_canary_then_promote(torchserve, capsys, operate, management, inference)
     assert code == 0, err
     assert load.failed == [] and load.versions() == ({"1.0"}, {"1.1"})
     assert default_of(management) == "1.1"
+
+
+def test_versions_beyond_keep_are_unregistered(capsys, operate, management):
+    code, out, err = operate(capsys, "rollout", NAME, "1.2", "--keep", "2", "--drain-seconds", "0.5")
+    assert code == 0, err
+    assert "unregister 1.0 (keeping 1.1, 1.2) done" in out
+    versions = registered(management)
+    assert set(versions) == {"1.1", "1.2"} and versions["1.2"].is_default and versions["1.1"].workers == ()
+    code, _, _ = operate(capsys, "rollback", NAME)
+    assert code == 0 and default_of(management) == "1.1"
 
 
 def test_rollout_of_an_unknown_version_is_a_usage_error(capsys, operate):
