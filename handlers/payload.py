@@ -37,13 +37,21 @@ class Payload:
 
 
 def _body_of(row: Any) -> Any:
-    # TorchServe hands each request as {"body": ...} (or "data" for form fields); JSON
-    # bodies arrive parsed, text bodies as str, and anything it could not decode as bytes.
-    if isinstance(row, dict):
-        for key in ("body", "data"):
-            if key in row:
-                return row[key]
-    return row
+    # TorchServe hands each request as {"body": ...}: JSON bodies arrive parsed, text
+    # bodies as str, anything it could not decode as bytes. A form-encoded body (what
+    # `curl -d` sends unless told otherwise) arrives as its form fields instead.
+    if not isinstance(row, dict):
+        return row
+    for key in ("body", "data"):
+        if key in row:
+            return row[key]
+    fields = ", ".join(repr(k)[:40] for k in list(row)[:3])
+    raise InputError(
+        f"the body arrived as HTML form fields ({fields}): `curl -d` sends Content-Type "
+        "application/x-www-form-urlencoded unless told otherwise. Send JSON with "
+        "'Content-Type: application/json', or plain text with 'Content-Type: text/plain'",
+        status=415,
+    )
 
 
 def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:

@@ -91,6 +91,7 @@ def test_management_key_does_not_open_inference(torchserve, registered):
         (b'{"inputs": "' + b"word " * 400 + b'", "parameters": {"truncate": false}}', "application/json", 413, "longer than 256 tokens"),
         (b'{"inputs": ' + str(["x"] * 65).replace("'", '"').encode() + b"}", "application/json", 413, "the limit is 64"),
         (b'{"messages": [{"role": "user", "content": "hi"}]}', "application/json", 400, "'messages' is for chat models"),
+        (b"hello world", "application/x-www-form-urlencoded", 415, "arrived as HTML form fields"),
         (b'{"inputs": "x", "stream": true}', "application/json", 400, "'stream' is for text generation"),
         (b'{"inputs": "x", "parameters": {"normalize": "yes"}}', "application/json", 400, "normalize: expected bool or null"),
     ],

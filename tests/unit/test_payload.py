@@ -69,3 +69,9 @@ def test_messages_and_stream_decode():
     payload = decode(body({"messages": chat, "stream": True, "parameters": {"seed": 1}}), max_inputs=4, max_chars=100)
     assert (payload.messages, payload.stream, payload.inputs, payload.parameters) == (chat, True, [], {"seed": 1})
     assert decode(body({"inputs": "x"}), max_inputs=4, max_chars=100).stream is False
+
+
+def test_a_form_encoded_body_gets_415_saying_how_to_send_it():
+    with pytest.raises(InputError, match="arrived as HTML form fields \\('hello'\\).*Content-Type: text/plain") as caught:
+        decode({"hello": ""}, max_inputs=4, max_chars=100)
+    assert caught.value.status == 415
