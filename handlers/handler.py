@@ -17,6 +17,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.config import HandlerConfig
 from handlers.device import configure_threads, pick_device
+from handlers.metrics import HandlerMetrics
 from handlers.payload import InputError, decode
 from handlers.tasks import task_class
 
@@ -35,6 +36,11 @@ class TransformersHandler(BaseHandler):
         self.task.load(properties["model_dir"], self.cfg, self.device)
         if self.task.streams:
             self.task.emit = self.send_chunk
+        version = (self.manifest or {}).get("model", {}).get("modelVersion", "")
+        self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name, version, self.cfg.task)
+        self.metrics.emit("transerve_worker_info", 1, self.device)
+        if self.device.type == "cuda":
+            self.metrics.emit("transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(self.device), self.device)
         self.initialized = True
         logger.info(
             "transerve: %s task=%s loaded on %s (dtype %s, %d torch threads) in %.2fs",
@@ -44,6 +50,7 @@ class TransformersHandler(BaseHandler):
 
     def preprocess(self, data):
         """Parse every request; one bad request is remembered by index, not raised."""
+        started = time.perf_counter()
         items = []
         for idx, row in enumerate(data):
             try:
@@ -57,25 +64,47 @@ class TransformersHandler(BaseHandler):
                 self.context.set_response_content_type(idx, "application/x-ndjson")
             items.append(item)
         accepted = [item for item in items if not isinstance(item, InputError)]
-        return items, self.task.collate(accepted)
+        batch = self.task.collate(accepted)
+        self.metrics.emit("transerve_preprocess_seconds", time.perf_counter() - started)
+        return items, batch
 
     def inference(self, data, *args, **kwargs):
         items, batch = data
-        accepted = [item for item in items if not isinstance(item, InputError) and item.error is None]
         if batch is None:  # every request of this batch was refused
             return items, []
+        accepted = [item for item in items if not isinstance(item, InputError) and item.error is None]
+        inputs = sum(item.size for item in accepted)
         started = time.perf_counter()
         with torch.inference_mode():
             outputs = self.task.forward(batch)
+        seconds = time.perf_counter() - started
         logger.info(
             "transerve: batch of %d requests (%d refused), %d inputs, forward %.1f ms",
-            len(items), len(items) - len(accepted), sum(item.size for item in accepted),
-            (time.perf_counter() - started) * 1000,
+            len(items), len(items) - len(accepted), inputs, seconds * 1000,
         )
+        self.count_forward(batch, inputs, seconds)
         return items, outputs
+
+    def count_forward(self, batch, inputs: int, seconds: float) -> None:
+        usage = self.task.usage(batch)
+        emit = self.metrics.emit
+        emit("transerve_inference_seconds", seconds)
+        emit("transerve_forward_batches_total", 1)
+        emit("transerve_forward_inputs_total", inputs)
+        emit("transerve_batch_inputs", inputs)
+        emit("transerve_input_tokens_total", usage.input_tokens)
+        if usage.generated_tokens:
+            emit("transerve_generated_tokens_total", usage.generated_tokens)
+        for value in usage.first_token_seconds:
+            emit("transerve_time_to_first_token_seconds", value)
+        for value in usage.per_token_seconds:
+            emit("transerve_time_per_output_token_seconds", value)
+        if self.device.type == "cuda":
+            emit("transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(self.device), self.device)
 
     def postprocess(self, data):
         """One answer per request, in order: its own outputs, or its own 4xx."""
+        started = time.perf_counter()
         items, outputs = data
         answers, position = [], 0
         for idx, item in enumerate(items):
@@ -83,11 +112,15 @@ class TransformersHandler(BaseHandler):
             if error is not None:
                 self.context.set_response_status(error.status, error.message, idx)
                 answers.append(error.body())
+                self.metrics.emit("transerve_requests_total", 1, error.status, error.reason)
                 continue
             own = outputs[position : position + item.size]
             position += item.size
             answer = self.task.encode(item, own)
             answers.append(answer if isinstance(answer, str) else json.dumps(answer))
+            self.metrics.emit("transerve_requests_total", 1, "ok", "ok")
+            self.metrics.emit("transerve_inputs_total", item.size)
+        self.metrics.emit("transerve_postprocess_seconds", time.perf_counter() - started)
         return answers
 
     def send_chunk(self, idx: int, chunk: str) -> None:

@@ -8,12 +8,14 @@ from typing import Any
 
 
 class InputError(Exception):
-    """A request the caller must fix; `status` is the HTTP status it is answered with."""
+    """A request the caller must fix; `status` is the HTTP status it is answered with and
+    `reason` a short name of what was wrong, for the request metrics."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, reason: str = "invalid_request"):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.reason = reason
 
     def body(self) -> str:
         return json.dumps({"code": self.status, "type": "InputError", "message": self.message})
@@ -51,6 +53,7 @@ def _body_of(row: Any) -> Any:
         "application/x-www-form-urlencoded unless told otherwise. Send JSON with "
         "'Content-Type: application/json', or plain text with 'Content-Type: text/plain'",
         status=415,
+        reason="form_encoded",
     )
 
 
@@ -61,42 +64,42 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
         try:
             text = bytes(body).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise InputError(f"body is not valid UTF-8 (byte {e.start}); send UTF-8 text or JSON") from None
+            raise InputError(f"body is not valid UTF-8 (byte {e.start}); send UTF-8 text or JSON", reason="invalid_utf8") from None
         body = text
         if text.lstrip().startswith(("{", "[")):
             try:
                 body = json.loads(text)
             except json.JSONDecodeError as e:
-                raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. {EXAMPLE}") from None
+                raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. {EXAMPLE}", reason="invalid_json") from None
     if isinstance(body, str):
         return Payload(inputs=[_check_text(body, 0, max_chars)], single=True)
     if not isinstance(body, dict):
-        raise InputError(f"body must be a JSON object or plain text, got a JSON {type(body).__name__}; expected e.g. {EXAMPLE}")
+        raise InputError(f"body must be a JSON object or plain text, got a JSON {type(body).__name__}; expected e.g. {EXAMPLE}", reason="invalid_body")
     unknown = sorted(set(body) - set(TOP_LEVEL_KEYS))
     if unknown:
-        raise InputError(f"unknown key {unknown[0]!r} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}")
+        raise InputError(f"unknown key {unknown[0]!r} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}", reason="unknown_key")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise InputError(f"'stream' must be true or false, got {stream!r}")
+        raise InputError(f"'stream' must be true or false, got {stream!r}", reason="invalid_body")
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}")
+        raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}", reason="invalid_body")
     if "messages" in body:
         if "inputs" in body:
-            raise InputError("send either 'inputs' or 'messages', not both")
+            raise InputError("send either 'inputs' or 'messages', not both", reason="invalid_body")
         messages = _check_messages(body["messages"], max_inputs, max_chars)
         return Payload(inputs=[], single=True, parameters=parameters, messages=messages, stream=stream)
     if "inputs" not in body:
-        raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}")
+        raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}", reason="missing_inputs")
     raw = body["inputs"]
     if isinstance(raw, str):
         return Payload(inputs=[_check_text(raw, 0, max_chars)], single=True, parameters=parameters, stream=stream)
     if not isinstance(raw, list):
-        raise InputError(f"'inputs' must be a string or a list of strings, got {type(raw).__name__}")
+        raise InputError(f"'inputs' must be a string or a list of strings, got {type(raw).__name__}", reason="invalid_body")
     if not raw:
-        raise InputError("'inputs' is an empty list; send at least one string")
+        raise InputError("'inputs' is an empty list; send at least one string", reason="empty_input")
     if len(raw) > max_inputs:
-        raise InputError(f"{len(raw)} inputs in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413)
+        raise InputError(f"{len(raw)} inputs in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413, reason="too_many_inputs")
     inputs = [_check_text(t, i, max_chars) for i, t in enumerate(raw)]
     return Payload(inputs=inputs, single=False, parameters=parameters, stream=stream)
 
@@ -104,31 +107,31 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
 def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[dict[str, str]]:
     example = '[{"role": "user", "content": "Hello"}]'
     if not isinstance(messages, list) or not messages:
-        raise InputError(f"'messages' must be a non-empty list of {{role, content}} objects, e.g. {example}")
+        raise InputError(f"'messages' must be a non-empty list of {{role, content}} objects, e.g. {example}", reason="invalid_messages")
     if len(messages) > max_messages:
-        raise InputError(f"{len(messages)} messages in one request; the limit is {max_messages} (max_inputs_per_request)", status=413)
+        raise InputError(f"{len(messages)} messages in one request; the limit is {max_messages} (max_inputs_per_request)", status=413, reason="too_many_inputs")
     total = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise InputError(f"messages[{i}] must be an object with exactly 'role' and 'content', e.g. {example}")
+            raise InputError(f"messages[{i}] must be an object with exactly 'role' and 'content', e.g. {example}", reason="invalid_messages")
         role, content = message["role"], message["content"]
         if role not in ROLES:
-            raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+            raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", reason="invalid_messages")
         if not isinstance(content, str):
-            raise InputError(f"messages[{i}].content must be a string, got {type(content).__name__}")
+            raise InputError(f"messages[{i}].content must be a string, got {type(content).__name__}", reason="invalid_messages")
         total += len(content)
     if total > max_chars:
-        raise InputError(f"the messages have {total} characters in all; the limit is {max_chars} (max_chars_per_input)", status=413)
+        raise InputError(f"the messages have {total} characters in all; the limit is {max_chars} (max_chars_per_input)", status=413, reason="input_too_long")
     if messages[-1]["role"] == "assistant":
-        raise InputError("the last message is the assistant's; end with a user (or system) message to get a reply")
+        raise InputError("the last message is the assistant's; end with a user (or system) message to get a reply", reason="invalid_messages")
     return [dict(m) for m in messages]
 
 
 def _check_text(text: Any, index: int, max_chars: int) -> str:
     if not isinstance(text, str):
-        raise InputError(f"inputs[{index}] must be a string, got {type(text).__name__}")
+        raise InputError(f"inputs[{index}] must be a string, got {type(text).__name__}", reason="invalid_body")
     if not text.strip():
-        raise InputError(f"inputs[{index}] is empty; send some text")
+        raise InputError(f"inputs[{index}] is empty; send some text", reason="empty_input")
     if len(text) > max_chars:
-        raise InputError(f"inputs[{index}] has {len(text)} characters; the limit is {max_chars} (max_chars_per_input)", status=413)
+        raise InputError(f"inputs[{index}] has {len(text)} characters; the limit is {max_chars} (max_chars_per_input)", status=413, reason="input_too_long")
     return text

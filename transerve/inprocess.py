@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ts
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.model_loader import TsModelLoader
 from ts.service import Service
@@ -24,7 +23,7 @@ from ts.service import Service
 from transerve.archive import stage
 from transerve.spec import ModelVersion
 
-METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"
+METRICS_CONFIG = Path(__file__).resolve().parent.parent / "metrics.yaml"  # TorchServe's and the handler's
 
 
 @dataclass

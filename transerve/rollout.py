@@ -104,10 +104,7 @@ class Rollouts:
                     mv.archive_name, initial_workers=max(1, mv.runtime.minWorkers), synchronous=True,
                     timeout=mv.runtime.startupTimeout + 60,
                 )
-            with self._step("ready"):
-                self._wait_ready(spec.name, version, mv.runtime.startupTimeout)
-            with self._step("smoke"):
-                self._smoke(mv)
+            self._warm(mv, scale_up=False)
         except RolloutError as e:
             reason = e.reason
             if e.step in ("register", "ready"):
@@ -129,13 +126,8 @@ class Rollouts:
         old = next(v for v, s in registered.items() if s.is_default)
         mv = spec.version(version)
         self.log(f"promote {spec.name}: {old} -> {version}")
-        if registered[version].ready_workers == 0:  # kept at zero workers by an earlier switch
-            with self._step(f"scale {version} up"):
-                self._scale_up(mv)
-        with self._step("ready"):
-            self._wait_ready(spec.name, version, mv.runtime.startupTimeout)
-        with self._step("smoke"):
-            self._smoke(mv)
+        # A version kept at zero workers by an earlier switch starts its workers first.
+        self._warm(mv, scale_up=registered[version].ready_workers == 0)
         self._switch(spec, old, version)
 
     def rollback(self, spec: ModelSpec) -> None:
@@ -153,12 +145,7 @@ class Rollouts:
         mv = spec.version(previous)
         self.log(f"rollback {spec.name}: {current} -> {previous}")
         try:
-            with self._step(f"scale {previous} up"):
-                self._scale_up(mv)
-            with self._step("ready"):
-                self._wait_ready(spec.name, previous, mv.runtime.startupTimeout)
-            with self._step("smoke"):
-                self._smoke(mv)
+            self._warm(mv, scale_up=True)
         except RolloutError as e:
             with contextlib.suppress(ApiError):
                 self.management.scale(spec.name, 0, 0, version=previous)
@@ -188,10 +175,17 @@ class Rollouts:
                     self.management.unregister(spec.name, version)
         self.log(f"{spec.name} {new} is the default; {old} is kept at 0 workers for `transerve rollback {spec.name}`")
 
-    def _scale_up(self, mv: ModelVersion) -> None:
-        workers = max(1, mv.runtime.minWorkers)
-        self.management.scale(mv.name, workers, max(workers, mv.runtime.maxWorkers), version=mv.version,
-                              timeout=mv.runtime.startupTimeout + 60)
+    def _warm(self, mv: ModelVersion, scale_up: bool) -> None:
+        """[scale up to the spec's workers,] wait for a READY worker, smoke-test: fit for traffic."""
+        if scale_up:
+            with self._step(f"scale {mv.version} up"):
+                workers = max(1, mv.runtime.minWorkers)
+                self.management.scale(mv.name, workers, max(workers, mv.runtime.maxWorkers), version=mv.version,
+                                      timeout=mv.runtime.startupTimeout + 60)
+        with self._step("ready"):
+            self._wait_ready(mv.name, mv.version, mv.runtime.startupTimeout)
+        with self._step("smoke"):
+            self._smoke(mv)
 
     def _wait_ready(self, name: str, version: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

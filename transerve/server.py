@@ -23,6 +23,7 @@ import requests
 from transerve.management import read_keys
 from transerve.spec import REPO
 
+METRICS_CONFIG = REPO / "metrics.yaml"
 CONFIG_TEMPLATE = REPO / "config.properties"
 RUN_DIR = REPO / ".transerve"
 # TorchServe keeps one pid file per machine (per temp dir): one server at a time.
@@ -78,6 +79,8 @@ class Server:
             "model_store": self.model_store.as_posix(),
             # Only archives inside this model store, named by a file:// URL or by file name.
             "allowed_urls": f"file://{store}/[^/]+\\.mar",
+            # TorchServe's metrics plus the handler's (only declared metrics reach /metrics).
+            "metrics_config": METRICS_CONFIG.as_posix(),
             **self.overrides,
         }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -44,13 +44,13 @@ class Task(abc.ABC):
 
     def parse(self, payload: Payload) -> Item:
         if payload.messages is not None and not self.chat:
-            raise InputError(f"'messages' is for chat models; this model's task is {self.name}: send 'inputs'")
+            raise InputError(f"'messages' is for chat models; this model's task is {self.name}: send 'inputs'", reason="unsupported_for_task")
         if payload.stream and not self.streams:
-            raise InputError(f"'stream' is for text generation; this model's task is {self.name}, answered in one response")
+            raise InputError(f"'stream' is for text generation; this model's task is {self.name}, answered in one response", reason="unsupported_for_task")
         try:
             params = parse_dataclass(self.Params, payload.parameters, "parameters")
         except ConfigError as e:
-            raise InputError(str(e)) from None
+            raise InputError(str(e), reason="invalid_parameter") from None
         return Item(payload, params)
 
     @abc.abstractmethod
@@ -67,6 +67,20 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def encode(self, item: Item, outputs: list) -> Any:
         """The JSON-able answer to one request from its own outputs."""
+
+    @abc.abstractmethod
+    def usage(self, batch: Any) -> Usage:
+        """Tokens (and for generation, timings) of a batch `forward` has run."""
+
+
+@dataclass
+class Usage:
+    """What one model batch consumed and produced, for the metrics."""
+
+    input_tokens: int
+    generated_tokens: int = 0
+    first_token_seconds: list[float] = field(default_factory=list)  # generation, per prompt
+    per_token_seconds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -136,6 +150,7 @@ def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate: bool, 
                 f"inputs[{too_long[0]}] is longer than {max_length} tokens (max_length) and truncation is off; "
                 "shorten it or send parameters.truncate=true",
                 status=413,
+                reason="input_too_long",
             )
             continue
         rows.extend(first[i] for i in span)
@@ -175,6 +190,10 @@ class EncoderTask(Task):
         config = self.model.config
         # The label of each output column, from the model config (classifiers use it).
         self.labels = [config.id2label.get(i, f"LABEL_{i}") for i in range(getattr(config, "num_labels", 0))]
+
+    def usage(self, batch: Any) -> Usage:
+        tokens = batch if isinstance(batch, Tokens) else batch.tokens
+        return Usage(input_tokens=sum(tokens.lengths))
 
     def tokens(self, items: Sequence[Item], **fields: bool) -> Tokens | None:
         """The accepted items' inputs tokenized in one call and padded to the longest."""

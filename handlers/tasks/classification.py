@@ -38,7 +38,7 @@ class ClassificationTask(EncoderTask):
     def parse(self, payload: Payload) -> Item:
         item = super().parse(payload)
         if item.params.top_k is not None and item.params.top_k < 1:
-            raise InputError(f"parameters.top_k must be >= 1 or null (every label), got {item.params.top_k}")
+            raise InputError(f"parameters.top_k must be >= 1 or null (every label), got {item.params.top_k}", reason="invalid_parameter")
         return item
 
     def collate(self, items: Sequence[Item]) -> Tokens | None:

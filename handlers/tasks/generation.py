@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
@@ -25,7 +26,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from handlers.config import HandlerConfig
 from handlers.payload import InputError, Payload
-from handlers.tasks.base import Item, Task, load_pretrained, load_tokenizer, model_max_length
+from handlers.tasks.base import Item, Task, Usage, load_pretrained, load_tokenizer, model_max_length
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
@@ -85,6 +86,8 @@ class Row:
     text: str = ""
     sent: int = 0  # characters of text already streamed
     finish: str | None = None
+    first_token_at: float = 0.0  # perf_counter() times, for the metrics
+    finished_at: float = 0.0
 
     def details(self) -> dict:
         details = {"finish_reason": self.finish, "prompt_tokens": len(self.prompt), "generated_tokens": len(self.tokens)}
@@ -96,6 +99,7 @@ class Row:
 @dataclass
 class Prompts:
     rows: list[Row]
+    started_at: float = 0.0
 
 
 class GenerationTask(Task):
@@ -131,21 +135,22 @@ class GenerationTask(Task):
         params = item.params
         if params.max_new_tokens is not None and params.max_new_tokens > self.cfg.max_new_tokens:
             raise InputError(
-                f"parameters.max_new_tokens: {params.max_new_tokens} is above this model's limit {self.cfg.max_new_tokens}"
+                f"parameters.max_new_tokens: {params.max_new_tokens} is above this model's limit {self.cfg.max_new_tokens}",
+                reason="invalid_parameter",
             )
         if payload.stream and len(payload.inputs) > 1:
-            raise InputError("'stream' needs a single prompt; send one string in 'inputs' (or 'messages')")
+            raise InputError("'stream' needs a single prompt; send one string in 'inputs' (or 'messages')", reason="invalid_request")
         if payload.messages is not None:
             item.payload = dataclasses.replace(payload, inputs=[self.render(payload.messages)])
         return item
 
     def render(self, messages: list[dict]) -> str:
         if not self.tokenizer.chat_template:
-            raise InputError("this model has no chat template; send the prompt as 'inputs'")
+            raise InputError("this model has no chat template; send the prompt as 'inputs'", reason="invalid_messages")
         try:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as e:  # the template itself refuses (roles out of order, say)
-            raise InputError(f"'messages' do not fit this model's chat template: {e}") from None
+            raise InputError(f"'messages' do not fit this model's chat template: {e}", reason="invalid_messages") from None
 
     def collate(self, items: Sequence[Item]) -> Prompts | None:
         rows = []
@@ -164,6 +169,7 @@ class GenerationTask(Task):
                     f"inputs[{too_long[0]}] is {n} tokens; the prompt limit is {self.max_length} tokens (max_length). "
                     "Shorten it, or send parameters.truncate=true to keep its last tokens",
                     status=413,
+                    reason="input_too_long",
                 )
                 continue
             rows.extend(self.row(item, ids[-self.max_length:]) for ids in encoded)
@@ -196,6 +202,7 @@ class GenerationTask(Task):
         )
 
     def forward(self, batch: Prompts) -> list:
+        batch.started_at = time.perf_counter()
         rows = batch.rows
         width = max(len(r.prompt) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -259,6 +266,8 @@ class GenerationTask(Task):
     def step(self, row: Row, token: int) -> bool:
         """Add one token to a row; True when the row is finished."""
         row.tokens.append(token)
+        if len(row.tokens) == 1:
+            row.first_token_at = time.perf_counter()
         if token in self.eos:
             row.finish = "eos"
         else:
@@ -268,6 +277,8 @@ class GenerationTask(Task):
                 row.text, row.finish = row.text[:cut], "stop"
             elif len(row.tokens) >= row.max_new:
                 row.finish = "length"
+        if row.finish is not None:
+            row.finished_at = time.perf_counter()
         if row.finish is not None and row.text.endswith("\ufffd"):
             row.text = row.text[:-1]  # a character cut short by the budget
         if row.stream and row.finish is None:
@@ -276,6 +287,15 @@ class GenerationTask(Task):
                 self.emit(row.item.index, json.dumps({"text": row.text[row.sent:ready]}) + "\n")
                 row.sent = ready
         return row.finish is not None
+
+    def usage(self, batch: Prompts) -> Usage:
+        rows = batch.rows
+        return Usage(
+            input_tokens=sum(len(r.prompt) for r in rows),
+            generated_tokens=sum(len(r.tokens) for r in rows),
+            first_token_seconds=[r.first_token_at - batch.started_at for r in rows],
+            per_token_seconds=[(r.finished_at - r.first_token_at) / (len(r.tokens) - 1) for r in rows if len(r.tokens) > 1],
+        )
 
     def encode(self, item: Item, outputs: list) -> dict | list | str:
         if item.payload.stream:

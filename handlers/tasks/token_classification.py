@@ -54,7 +54,7 @@ class TokenClassificationTask(EncoderTask):
         item = super().parse(payload)
         ignore = item.params.ignore_labels
         if ignore is not None and not all(isinstance(label, str) for label in ignore):
-            raise InputError("parameters.ignore_labels must be a list of label strings")
+            raise InputError("parameters.ignore_labels must be a list of label strings", reason="invalid_parameter")
         return item
 
     def collate(self, items: Sequence[Item]) -> Tokens | None:

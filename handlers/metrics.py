@@ -1,0 +1,66 @@
+"""The handler's own metrics, sent through TorchServe's metrics cache (`context.metrics`).
+
+Each metric is declared in the repository's metrics.yaml, which TorchServe reads
+(`metrics_config`): in metrics_mode=prometheus the frontend then shows it on the metrics
+port's /metrics, with the labels below plus the `Hostname` TorchServe adds. Durations are
+in seconds and counts in units, as Prometheus names them; counters end in `_total`.
+Metrics never fail a request: an error here is logged once and the request goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError
+from ts.metrics.metric_type_enum import MetricTypes
+
+logger = logging.getLogger(__name__)
+
+LABELS = ["model_name", "model_version", "task"]
+COUNTER, GAUGE, HISTOGRAM = MetricTypes.COUNTER, MetricTypes.GAUGE, MetricTypes.HISTOGRAM
+
+# name: (type, unit, labels after LABELS, description)
+METRICS = {
+    "transerve_requests_total": (COUNTER, "count", ["outcome", "reason"],
+                                 "Requests answered, by outcome (ok, or the 4xx status) and reason (ok, or what was wrong)"),
+    "transerve_inputs_total": (COUNTER, "count", [], "Inputs (texts, prompts) in the requests answered ok"),
+    "transerve_forward_batches_total": (COUNTER, "count", [], "Model forward calls, one per TorchServe batch with an accepted request"),
+    "transerve_forward_inputs_total": (COUNTER, "count", [], "Inputs run through the model; divided by forward batches, the mean model batch size"),
+    "transerve_input_tokens_total": (COUNTER, "count", [], "Tokens of the inputs run through the model (prompt tokens for generation)"),
+    "transerve_generated_tokens_total": (COUNTER, "count", [], "Tokens generated (generation)"),
+    "transerve_batch_inputs": (GAUGE, "count", [], "Inputs in the latest model batch"),
+    "transerve_preprocess_seconds": (HISTOGRAM, "seconds", [], "Time to decode, validate and tokenize a TorchServe batch"),
+    "transerve_inference_seconds": (HISTOGRAM, "seconds", [], "Time in the model for a TorchServe batch (the whole generation, for generation)"),
+    "transerve_postprocess_seconds": (HISTOGRAM, "seconds", [], "Time to encode the answers of a TorchServe batch"),
+    "transerve_time_to_first_token_seconds": (HISTOGRAM, "seconds", [],
+                                              "Generation: from the start of the batch's forward to a prompt's first token"),
+    "transerve_time_per_output_token_seconds": (HISTOGRAM, "seconds", [],
+                                                "Generation: mean time per token after the first, per prompt"),
+    "transerve_worker_info": (GAUGE, "count", ["device"], "1 per loaded worker, labelled with the device it runs on"),
+    "transerve_cuda_memory_allocated_bytes": (GAUGE, "bytes", ["device"], "CUDA memory allocated by the worker's torch (CUDA only)"),
+}
+
+
+class HandlerMetrics:
+    """Emit the metrics above for one model version's worker."""
+
+    def __init__(self, cache, model_name: str, model_version: str, task: str):
+        self.cache = cache
+        self.labels = [model_name, model_version, task]
+        self._failed = False
+
+    def emit(self, name: str, value: float, *labels: str) -> None:
+        if self.cache is None:
+            return
+        kind, unit, extra, _ = METRICS[name]
+        try:
+            try:
+                metric = self.cache.get_metric(name, kind)
+            except MetricsCacheKeyError:  # a TorchServe not started with transerve's metrics.yaml
+                metric = self.cache.add_metric_to_cache(name, unit, LABELS + extra, kind)
+            metric.add_or_update(value, self.labels + [str(label) for label in labels])
+        except Exception:  # noqa: BLE001 - a metric must never fail a request
+            if not self._failed:
+                logger.exception("transerve: metric %s could not be emitted; metrics are skipped from now on", name)
+            self._failed = True
+            self.cache = None
