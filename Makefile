@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test archive clean
+.PHONY: setup serve stop status test test-tools archive clean
 
 setup: $(STAMP)
 
@@ -19,8 +19,11 @@ stop:
 status:
 	$(VENV)/bin/transerve status
 
-test: setup
+test: setup test-tools
 	$(VENV)/bin/python -m pytest -q
+
+test-tools:
+	bash scripts/test-tools.sh
 
 clean:
 	rm -rf model_store/*.mar model_store/index.json .transerve

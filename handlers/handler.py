@@ -39,6 +39,7 @@ class TransformersHandler(BaseHandler):
         version = (self.manifest or {}).get("model", {}).get("modelVersion", "")
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name, version, self.cfg.task)
         self.metrics.emit("transerve_worker_info", 1, self.device)
+        self.metrics.emit("transerve_worker_loads_total", 1, self.device)
         if self.device.type == "cuda":
             self.metrics.emit("transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(self.device), self.device)
         self.initialized = True

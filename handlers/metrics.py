@@ -37,6 +37,8 @@ METRICS = {
     "transerve_time_per_output_token_seconds": (HISTOGRAM, "seconds", [],
                                                 "Generation: mean time per token after the first, per prompt"),
     "transerve_worker_info": (GAUGE, "count", ["device"], "1 per loaded worker, labelled with the device it runs on"),
+    "transerve_worker_loads_total": (COUNTER, "count", ["device"],
+                                     "Worker loads: one per start, so a rise without scaling means workers restart"),
     "transerve_cuda_memory_allocated_bytes": (GAUGE, "bytes", ["device"], "CUDA memory allocated by the worker's torch (CUDA only)"),
 }
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
+import requests
+import yaml
 
 from transerve.management import InferenceClient, ManagementClient, key_reader
 from transerve.server import Server, running_pid
@@ -54,3 +60,77 @@ def management(torchserve) -> ManagementClient:
 @pytest.fixture(scope="session")
 def inference(torchserve) -> InferenceClient:
     return InferenceClient(torchserve.url("inference"), key_reader(torchserve.key_file, "inference"))
+
+
+class Prometheus:
+    """A real Prometheus server's HTTP query API."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def query(self, promql: str) -> list[dict]:
+        answer = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10).json()
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def value(self, promql: str) -> float:
+        """The single value of an instant query; 0 when it has no sample."""
+        result = self.query(promql)
+        assert len(result) <= 1, result
+        return float(result[0]["value"][1]) if result else 0.0
+
+    def wait_for(self, promql: str, expected: float, timeout: float = 30) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.value(promql)
+            if value == expected or time.monotonic() > deadline:
+                return value
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def prometheus(torchserve, tmp_path_factory):
+    """Debian's Prometheus scraping the test TorchServe every second, with transerve's rules."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("Prometheus is not installed; `make test` installs it (scripts/test-tools.sh)")
+    root = tmp_path_factory.mktemp("prometheus")
+    [port] = free_ports(1)
+    rules = Path(__file__).resolve().parents[2] / "deploy" / "transerve-rules.yml"
+    target = torchserve.url("metrics").split("://", 1)[1]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [{"job_name": "torchserve", "static_configs": [{"targets": [target]}]}],
+    }
+    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
+    log = open(root / "prometheus.log", "wb")
+    process = subprocess.Popen(
+        [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    server = Prometheus(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"Prometheus exited with {process.returncode}; see {root / 'prometheus.log'}")
+            try:
+                if requests.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Prometheus did not get ready; see {root / 'prometheus.log'}")
+            time.sleep(0.3)
+        assert server.wait_for('up{job="torchserve"}', 1.0) == 1.0, "Prometheus cannot scrape TorchServe"
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

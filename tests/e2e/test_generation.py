@@ -134,6 +134,18 @@ def test_bad_generation_requests_get_their_4xx(torchserve, chat, data, status, m
     assert message in answer.json()["message"]
 
 
+def test_prometheus_counts_the_generated_tokens(torchserve, chat, prometheus):
+    query = f'sum(transerve_generated_tokens_total{{model_name="{NAME}", model_version="1.0"}})'
+    before = prometheus.value(query)
+    answer = post(torchserve, {"inputs": "Tell me about the moon.", "parameters": {"max_new_tokens": 20}}).json()
+    generated = answer["details"]["generated_tokens"]
+    got = prometheus.wait_for(query, before + generated)
+    print(f"{query} = {got:g} (was {before:g}, this request generated {generated})")
+    assert generated > 0 and got == before + generated
+    ttft = prometheus.value(f'sum(transerve_time_to_first_token_seconds_count{{model_name="{NAME}"}})')
+    assert ttft >= 1
+
+
 def test_the_worker_never_restarted(management, chat):
     """Last in this module: the worker that answered everything above is the one registered."""
     [now] = management.describe(NAME)

@@ -155,3 +155,26 @@ def test_a_bad_request_fails_alone(worker, request_body, status, message):
     assert message in bad.body["message"]
     assert before.status == after.status == 200
     assert before.body == after.body
+
+
+def test_generation_metrics_count_tokens_and_time_them(worker, caplog):
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO)
+    answers = worker.predict([
+        {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 6}},
+        {"inputs": PROMPTS[3], "parameters": {"max_new_tokens": 9}},
+    ])
+    lines = [r.getMessage() for r in caplog.records if "[METRICS]transerve_" in r.getMessage()]
+
+    def values(name):
+        return [float(m.group(1)) for line in lines if (m := re.search(rf"\[METRICS\]{name}\.\w+:([-0-9.e]+)\|", line))]
+
+    generated = sum(a.body["details"]["generated_tokens"] for a in answers)
+    prompt = sum(a.body["details"]["prompt_tokens"] for a in answers)
+    assert values("transerve_generated_tokens_total") == [generated]
+    assert values("transerve_input_tokens_total") == [prompt]
+    first, per_token = values("transerve_time_to_first_token_seconds"), values("transerve_time_per_output_token_seconds")
+    assert len(first) == len(per_token) == 2 and all(0 < v < 30 for v in first + per_token)
+    assert all('task:generation' in line for line in lines)
