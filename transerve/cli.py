@@ -12,8 +12,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import requests
+
 from handlers.config import ConfigError
-from transerve import archive
+from transerve import archive, metrics_api
 from transerve.management import ApiError, InferenceClient, ManagementClient, key_reader
 from transerve.rollout import History, RolloutError, Rollouts
 from transerve.server import RUN_DIR, Server, ServerError, read_properties, running_pid, stop_running
@@ -112,6 +114,8 @@ def cmd_status(args) -> int:
     if running_pid() is None:
         print("TorchServe is not running")
         return FAILED
+    if args.metrics:
+        return _status_metrics(args)
     management, _ = _clients(args)
     names = [args.name] if getattr(args, "name", None) else management.list_models()
     rows = [v for name in names for v in management.describe(name)]
@@ -123,6 +127,31 @@ def cmd_status(args) -> int:
         [(r.name, r.version, "*" if r.is_default else "", f"{r.ready_workers}/{len(r.workers)} ready",
           f"{r.min_workers}-{r.max_workers}", str(r.batch_size), str(r.max_batch_delay), str(r.pending_requests))
          for r in rows],
+    )
+    return 0
+
+
+def _status_metrics(args) -> int:
+    """Live figures per model version, from TorchServe's metrics API (what Prometheus scrapes)."""
+    props = read_properties(Path(args.run_dir) / "config.properties")
+    try:
+        figures = metrics_api.per_version(metrics_api.scrape(props["metrics_address"]))
+    except requests.RequestException as e:
+        raise ServerError(f"cannot read TorchServe's metrics API at {props['metrics_address']}: {e}") from None
+    figures = [f for f in figures if not getattr(args, "name", None) or f.model == args.name]
+    if args.json:
+        print(json.dumps([asdict(f) for f in figures], indent=2))
+        return 0
+
+    def num(value, digits=0):
+        return "-" if value is None else f"{value:,.{digits}f}"
+
+    _table(
+        ("MODEL", "VERSION", "TASK", "OK", "REFUSED", "INPUTS", "BATCH(mean)", "TOKENS IN", "TOKENS OUT",
+         "MODEL ms(mean)", "1ST TOKEN ms(mean)"),
+        [(f.model, f.version, f.task, num(f.ok), num(f.refused), num(f.inputs), num(f.mean_batch, 1),
+          num(f.input_tokens), num(f.generated_tokens), num(f.mean_inference_ms, 1), num(f.mean_first_token_ms, 1))
+         for f in figures],
     )
     return 0
 
@@ -231,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("status", help="models, versions and workers of the running TorchServe")
     p.add_argument("name", nargs="?", help="one model (default: all)")
+    p.add_argument("--metrics", action="store_true", help="live figures per version from the metrics API instead")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_status)
 

@@ -76,3 +76,16 @@ def test_promtool_accepts_the_shipped_configuration_and_rules():
         done = subprocess.run(command, cwd=DEPLOY, capture_output=True, text=True)
         assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}{done.stderr}"
         assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_status_metrics_shows_the_live_figures(capsys, torchserve, store, registered, prometheus):
+    from transerve import cli
+
+    base = ["--model-store", str(store), "--run-dir", str(torchserve.run_dir)]
+    assert cli.main(base + ["status", NAME, "--metrics"]) == 0
+    out = capsys.readouterr().out
+    header, *rows = out.splitlines()
+    assert header.split()[:5] == ["MODEL", "VERSION", "TASK", "OK", "REFUSED"]
+    [row] = [r.split() for r in rows if r.split()[:2] == [NAME, "1.0"]]
+    ok = prometheus.value(f'sum(transerve_requests_total{{model_name="{NAME}", model_version="1.0", outcome="ok"}})')
+    assert row[2] == "embedding" and float(row[3].replace(",", "")) == ok
