@@ -78,3 +78,9 @@ def test_the_shipped_metrics_yaml_declares_every_metric_with_its_labels():
         assert declared[name] == (kind.name.lower(), LABELS + extra)
     # TorchServe's own frontend metrics are still there
     assert "ts_inference_requests_total" in shipped
+
+
+def test_the_readme_describes_every_metric():
+    readme = (REPO / "README.md").read_text()
+    for name, (kind, _, _, description) in METRICS.items():
+        assert f"| `{name}` | {kind.name.lower()} |" in readme and description in readme, name
