@@ -7,6 +7,7 @@ time, so a wrong value fails on the operator's machine, not inside a worker.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional
@@ -14,6 +15,16 @@ from typing import Any, Literal, Mapping, Optional
 
 class ConfigError(ValueError):
     """A configuration value is unknown or has the wrong type; the message names where."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
+
+
+def short(value: Any) -> str:
+    """repr() cut short: a message may quote a request's value, never all of a huge one."""
+    return _REPR.repr(value)
 
 
 def _describe(tp: Any) -> str:
@@ -59,18 +70,18 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) ->
     """
     data = {} if data is None else data
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
+            f"{where}: unknown key {short(unknown[0])}; known keys: {', '.join(sorted(fields))}"
         )
     for key, value in data.items():
         if not _matches(value, hints[key]):
             raise ConfigError(
-                f"{where}.{key}: expected {_describe(hints[key])}, got {value!r}"
+                f"{where}.{key}: expected {_describe(hints[key])}, got {short(value)}"
             )
     missing = [
         name
@@ -114,6 +125,10 @@ class HandlerConfig:
     # torch intra-op threads for this worker; None leaves torch's default.
     threads: Optional[int] = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # Unsafe opt-ins, off unless a spec says so: pickle weights (.bin/.pt: unpickling runs
+    # code) and the model repository's own Python code (transformers' trust_remote_code).
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
 
     def check(self):
         from handlers.tasks import TASKS  # the one table of tasks (standard library only)

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers.config import short
+
 
 class InputError(Exception):
     """A request the caller must fix; `status` is the HTTP status it is answered with and
@@ -69,6 +71,9 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
         if text.lstrip().startswith(("{", "[")):
             try:
                 body = json.loads(text)
+            except RecursionError:
+                raise InputError("body is JSON nested too deeply; send {\"inputs\": ..., \"parameters\": {...}}",
+                                 reason="invalid_json") from None
             except json.JSONDecodeError as e:
                 raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. {EXAMPLE}", reason="invalid_json") from None
     if isinstance(body, str):
@@ -77,11 +82,12 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
         raise InputError(f"body must be a JSON object or plain text, got a JSON {type(body).__name__}; expected e.g. {EXAMPLE}", reason="invalid_body")
     unknown = sorted(set(body) - set(TOP_LEVEL_KEYS))
     if unknown:
-        raise InputError(f"unknown key {unknown[0]!r} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}", reason="unknown_key")
+        raise InputError(f"unknown key {short(unknown[0])} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}", reason="unknown_key")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise InputError(f"'stream' must be true or false, got {stream!r}", reason="invalid_body")
-    parameters = body.get("parameters") or {}
+        raise InputError(f"'stream' must be true or false, got {short(stream)}", reason="invalid_body")
+    parameters = body.get("parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}", reason="invalid_body")
     if "messages" in body:
@@ -104,6 +110,14 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
     return Payload(inputs=inputs, single=False, parameters=parameters, stream=stream)
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[dict[str, str]]:
     example = '[{"role": "user", "content": "Hello"}]'
     if not isinstance(messages, list) or not messages:
@@ -116,9 +130,11 @@ def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[di
             raise InputError(f"messages[{i}] must be an object with exactly 'role' and 'content', e.g. {example}", reason="invalid_messages")
         role, content = message["role"], message["content"]
         if role not in ROLES:
-            raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", reason="invalid_messages")
+            raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {short(role)}", reason="invalid_messages")
         if not isinstance(content, str):
             raise InputError(f"messages[{i}].content must be a string, got {type(content).__name__}", reason="invalid_messages")
+        if not _encodable(content):
+            raise InputError(f"messages[{i}].content holds a lone UTF-16 surrogate; send valid Unicode", reason="invalid_utf8")
         total += len(content)
     if total > max_chars:
         raise InputError(f"the messages have {total} characters in all; the limit is {max_chars} (max_chars_per_input)", status=413, reason="input_too_long")
@@ -128,6 +144,9 @@ def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[di
 
 
 def _check_text(text: Any, index: int, max_chars: int) -> str:
+    if isinstance(text, str) and not _encodable(text):
+        raise InputError(f"inputs[{index}] holds a lone UTF-16 surrogate (an escape like \\ud800); send valid Unicode",
+                         reason="invalid_utf8")
     if not isinstance(text, str):
         raise InputError(f"inputs[{index}] must be a string, got {type(text).__name__}", reason="invalid_body")
     if not text.strip():

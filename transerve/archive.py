@@ -61,12 +61,17 @@ def file_sha256(path: Path) -> str:
 def _model_files(source: Path, mv: ModelVersion) -> list[Path]:
     if not source.is_dir():
         raise SpecError(f"{mv.spec_file}: source: {source} is not a directory")
+    pickles_allowed = mv.handler.allow_pickle
     files = [
         p for p in sorted(source.rglob("*"))
-        if p.is_file() and p.name not in SKIPPED and p.suffix not in PICKLED and "__pycache__" not in p.parts
+        if p.is_file() and p.name not in SKIPPED and "__pycache__" not in p.parts
+        and (p.suffix not in PICKLED or pickles_allowed)
     ]
-    if not any(p.suffix == ".safetensors" for p in files):
-        raise SpecError(f"{mv.spec_file}: source: no *.safetensors weights in {source}")
+    if not any(p.suffix == ".safetensors" or (pickles_allowed and p.suffix in PICKLED) for p in files):
+        found = sorted(p.name for p in source.iterdir() if p.suffix in PICKLED)
+        hint = (f"; it has pickle weights ({', '.join(found)}), refused because unpickling runs code: convert them "
+                "to safetensors, or set handler.allow_pickle: true in the spec if you trust them") if found else ""
+        raise SpecError(f"{mv.spec_file}: source: no *.safetensors weights in {source}{hint}")
     return files
 
 
@@ -121,16 +126,30 @@ def _write_index(store: Path, index: dict) -> None:
     os.replace(tmp, store / INDEX)
 
 
-def build(mv: ModelVersion, store: Path = STORE, force: bool = False, log=print) -> ArchiveRecord:
-    """Build (or reuse) the archive of one model version; returns its record."""
+class TamperedArchive(ArchiveError):
+    """An archive's bytes differ from the sha256 recorded when transerve built it."""
+
+
+def build(
+    mv: ModelVersion, store: Path = STORE, force: bool = False, log=print, refuse_tampered: bool = False,
+) -> ArchiveRecord:
+    """Build (or reuse) the archive of one model version; returns its record.
+
+    An archive whose sha256 differs from the one recorded at build time was changed
+    since: an explicit build replaces it; with `refuse_tampered` (every path that goes on
+    to register it) it is refused instead, so a changed archive is never served.
+    """
     store.mkdir(parents=True, exist_ok=True)
     target = store / mv.archive_name
     digest = inputs_digest(mv)
     known = read_index(store).get(mv.archive_name)
-    if (
-        not force and known and known["inputs"] == digest
-        and target.exists() and file_sha256(target) == known["sha256"]
-    ):
+    actual = file_sha256(target) if target.exists() else None
+    if known and actual and actual != known["sha256"] and refuse_tampered and not force:
+        raise TamperedArchive(
+            f"refusing {target}: its sha256 {actual[:16]}… differs from {known['sha256'][:16]}… recorded when it was "
+            f"built, so it was changed since. Inspect it, then rebuild it: transerve archive {mv.name} {mv.version} --force"
+        )
+    if not force and known and known["inputs"] == digest and actual == known["sha256"]:
         return ArchiveRecord(**{**known, "path": str(target), "reused": True})
 
     log(f"building {mv.archive_name} ...")

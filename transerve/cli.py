@@ -1,6 +1,6 @@
 """transerve: build versioned TorchServe archives from model specs, serve them, and operate them.
 
-archive | serve | stop | status | register | scale | unregister | rollout | promote | rollback
+archive | serve | stop | status | validate | register | scale | unregister | rollout | promote | rollback
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def cmd_serve(args) -> int:
     specs = [find_spec(n, models_dir) for n in args.models.split(",")] if args.models else all_specs(models_dir)
     versions = [spec.version() for spec in specs]
     for mv in versions:
-        record = archive.build(mv, Path(args.model_store))
+        record = archive.build(mv, Path(args.model_store), refuse_tampered=True)
         print(f"archive {record.path} ({record.size / 1e6:.1f} MB, {'reused' if record.reused else 'built'})")
     server = _server(args)
     started = time.monotonic()
@@ -171,7 +171,8 @@ def _done(args, result: dict) -> int:
 
 def cmd_register(args) -> int:
     mv = find_spec(args.name, Path(args.models_dir)).version(args.version)
-    record = archive.build(mv, Path(args.model_store), log=lambda line: None if args.json else print(line))
+    record = archive.build(mv, Path(args.model_store), log=lambda line: None if args.json else print(line),
+                           refuse_tampered=True)
     management, _ = _clients(args)
     workers = mv.runtime.minWorkers if args.workers is None else args.workers
     message = management.register(mv.archive_name, initial_workers=workers, timeout=mv.runtime.startupTimeout + 60)
@@ -207,6 +208,62 @@ def cmd_unregister(args) -> int:
     management, _ = _clients(args)
     message = management.unregister(args.name, args.version)
     return _done(args, {"model": args.name, "version": args.version, "message": message})
+
+
+HINTS = (
+    ("SafetensorError", "the weights file is damaged or not safetensors; rebuild the archive from good weights"),
+    ("ModuleNotFoundError", "the worker's Python lacks a package the model needs; install it where TorchServe runs"),
+    ("ConfigError", "the handler settings in the spec are wrong; the message names the key"),
+    ("OutOfMemoryError", "the model does not fit; use a smaller dtype, fewer workers or a bigger device"),
+    ("OSError", "a file the model needs is missing from the archive (tokenizer.json? config.json?)"),
+)
+
+
+def cmd_validate(args) -> int:
+    """Load the archive's handler in-process as a worker would, and run the spec's samples through it."""
+    import tempfile
+    import traceback
+    import zipfile
+
+    from transerve import smoke
+    from transerve.inprocess import LocalWorker
+
+    mv = find_spec(args.name, Path(args.models_dir)).version(args.version)
+    record = archive.build(mv, Path(args.model_store), refuse_tampered=True)
+    print(f"archive   {record.path} ({record.size / 1e6:.1f} MB, sha256 {record.sha256[:16]}…, "
+          f"{'reused' if record.reused else 'built'})")
+    with tempfile.TemporaryDirectory(prefix="transerve-validate-") as tmp:
+        model_dir = Path(tmp) / "model"
+        with zipfile.ZipFile(record.path) as z:
+            z.extractall(model_dir)
+        started = time.perf_counter()
+        try:
+            worker = LocalWorker(mv, gpu_id=args.gpu, model_dir=model_dir)
+        except Exception as e:  # noqa: BLE001 - whatever kills a worker at load is what we are here to show
+            print(f"load      FAILED after {time.perf_counter() - started:.1f}s: {type(e).__name__}: {e}")
+            print("".join(traceback.format_exception(e)[-6:]).rstrip())
+            hint = next((h for name, h in HINTS if name in f"{type(e).__name__} {e}"), "the traceback above says where")
+            print(f"hint      {hint}")
+            return FAILED
+        handler = worker.handler
+        print(f"load      ok in {time.perf_counter() - started:.1f}s: task {mv.task} on {handler.device}")
+        failed = 0
+        try:
+            for i, sample in enumerate(mv.samples):
+                started = time.perf_counter()
+                [answer] = worker.predict([sample.request])
+                ms = (time.perf_counter() - started) * 1000
+                wrong = ([f"status {answer.status}: {answer.body}"] if answer.status != 200 else
+                         smoke.problems(mv.task, sample.request, answer.body)
+                         + (smoke.mismatches(sample.expect, answer.body) if sample.expect is not None else []))
+                failed += bool(wrong)
+                print(f"sample {i}  {'FAILED' if wrong else 'ok'} in {ms:.0f} ms: {json.dumps(sample.request)[:100]}")
+                print(f"          {'; '.join(wrong) if wrong else json.dumps(_short(answer.body))[:300]}")
+        finally:
+            worker.close()
+    if not mv.samples:
+        print("samples   none in the spec; add some to test the handle path")
+    return FAILED if failed else 0
 
 
 def _rollouts(args) -> Rollouts:
@@ -278,6 +335,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, help="maximum workers (default: --workers)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_scale)
+
+    p = verbs.add_parser("validate", help="load a version's archive in-process as a worker would and run its samples")
+    p.add_argument("name")
+    p.add_argument("version", nargs="?", help="default: the spec's default version")
+    p.add_argument("--gpu", type=int, help="GPU id to load on, as TorchServe would assign it (default: CPU)")
+    p.set_defaults(run=cmd_validate)
 
     p = verbs.add_parser("unregister", help="unregister one version of a model")
     p.add_argument("name")

@@ -7,6 +7,7 @@ server's own message, so a user sees "Model not found: x", not a traceback.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -152,7 +153,14 @@ class ManagementClient(_Api):
         response_timeout: int | None = None,
         timeout: float = 300,
     ) -> str:
-        """Register an archive (its file name in the model store); returns the server's message."""
+        """Register an archive (its file name in the model store); returns the server's message.
+
+        Only a bare file name is sent: TorchServe 0.12 would also load a URL or any
+        directory path it is given (allowed_urls covers URLs only), and transerve never
+        needs either.
+        """
+        if not re.fullmatch(r"[\w.-]+\.mar", url):
+            raise ValueError(f"register takes an archive's file name in the model store (NAME-VERSION.mar), got {url!r}")
         params: dict[str, Any] = {"url": url, "synchronous": str(synchronous).lower()}
         optional = {
             "initial_workers": initial_workers, "batch_size": batch_size,

@@ -97,7 +97,7 @@ class Rollouts:
         self.log(f"rollout {spec.name}: {old or '(none)'} -> {version}{' (canary)' if canary else ''}")
         try:
             with self._step("archive"):
-                record = archive.build(mv, self.store, log=lambda line: self.log(f"    {line}"))
+                record = archive.build(mv, self.store, log=lambda line: self.log(f"    {line}"), refuse_tampered=True)
                 self.log(f"    {Path(record.path).name} {'reused' if record.reused else 'built'}, {record.size / 1e6:.1f} MB")
             with self._step("register"):
                 self.management.register(

@@ -93,17 +93,21 @@ class Tokens:
     rows: list[dict]  # what the tokenizer gave for each row (offsets, say)
 
 
-def load_tokenizer(model_dir: str):
+def load_tokenizer(model_dir: str, cfg: HandlerConfig):
     """The model's fast tokenizer; offsets and overflow mapping need the Rust one."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
     if not tokenizer.is_fast:
         raise ValueError(f"{model_dir} has no fast tokenizer (tokenizer.json); transerve needs one")
     return tokenizer
 
 
 def load_pretrained(auto_class, model_dir: str, cfg: HandlerConfig, device: torch.device):
-    """Weights from safetensors only, in the configured dtype, on the worker's device, in eval mode."""
-    model = auto_class.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=True)
+    """Weights from safetensors (pickle only where the spec allows it), in the configured dtype,
+    on the worker's device, in eval mode; the model's own code only where the spec trusts it."""
+    model = auto_class.from_pretrained(
+        model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=None if cfg.allow_pickle else True,
+        trust_remote_code=cfg.trust_remote_code,
+    )
     return model.to(device).eval()
 
 
@@ -184,7 +188,7 @@ class EncoderTask(Task):
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer = load_tokenizer(model_dir, cfg)
         self.model = load_pretrained(self.auto_class, model_dir, cfg, device)
         self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
         config = self.model.config

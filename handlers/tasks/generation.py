@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from handlers.config import HandlerConfig
+from handlers.config import HandlerConfig, short
 from handlers.payload import InputError, Payload
 from handlers.tasks.base import Item, Task, Usage, load_pretrained, load_tokenizer, model_max_length
 
@@ -46,14 +46,14 @@ class GenerationParams:
     truncate: Optional[bool] = None  # over max_length: keep the prompt's end (true) or 413
 
     def check(self):
-        if self.temperature is not None and not 0 < self.temperature <= 100:
-            yield "temperature", f"must be > 0 and <= 100, got {self.temperature} (for greedy decoding send do_sample: false)"
+        if self.temperature is not None and not 0.01 <= self.temperature <= 100:
+            yield "temperature", f"must be >= 0.01 and <= 100, got {self.temperature} (for greedy decoding send do_sample: false)"
         if self.top_p is not None and not 0 < self.top_p <= 1:
             yield "top_p", f"must be > 0 and <= 1, got {self.top_p}"
         if self.top_k is not None and self.top_k < 1:
             yield "top_k", f"must be >= 1, got {self.top_k}"
-        if self.repetition_penalty is not None and not 0 < self.repetition_penalty <= 10:
-            yield "repetition_penalty", f"must be > 0 and <= 10, got {self.repetition_penalty}"
+        if self.repetition_penalty is not None and not 0.01 <= self.repetition_penalty <= 10:
+            yield "repetition_penalty", f"must be >= 0.01 and <= 10, got {self.repetition_penalty}"
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             yield "seed", f"must be between 0 and 2**63-1, got {self.seed}"
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -63,7 +63,7 @@ class GenerationParams:
             yield "stop", f"at most {MAX_STOP_STRINGS} strings, got {len(stops)}"
         for s in stops:
             if not isinstance(s, str) or not 0 < len(s) <= MAX_STOP_CHARS:
-                yield "stop", f"each stop must be a string of 1 to {MAX_STOP_CHARS} characters, got {s!r}"
+                yield "stop", f"each stop must be a string of 1 to {MAX_STOP_CHARS} characters, got {short(s)}"
 
 
 @dataclass
@@ -114,7 +114,7 @@ class GenerationTask(Task):
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer = load_tokenizer(model_dir, cfg)
         self.model = load_pretrained(AutoModelForCausalLM, model_dir, cfg, device)
         self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or self.max_length + cfg.max_new_tokens
@@ -192,7 +192,7 @@ class GenerationTask(Task):
             max_new=max(1, min(max_new, self.max_positions - len(prompt))),
             sample=sample,
             temperature=p.temperature if p.temperature is not None else d["temperature"],
-            top_k=p.top_k if p.top_k is not None else (d["top_k"] or 0),
+            top_k=min(p.top_k if p.top_k is not None else (d["top_k"] or 0), self.model.config.vocab_size),
             top_p=p.top_p if p.top_p is not None else d["top_p"],
             repetition_penalty=p.repetition_penalty if p.repetition_penalty is not None else d["repetition_penalty"],
             stops=[p.stop] if isinstance(p.stop, str) else list(p.stop or []),

@@ -170,5 +170,9 @@ def test_management_refuses_a_call_without_the_key(torchserve, registered):
 
 
 def test_registering_a_remote_url_is_refused(management):
-    with pytest.raises(ApiError, match="does not match any allowed URL"):
+    # by transerve's client before anything is sent ...
+    with pytest.raises(ValueError, match="register takes an archive's file name"):
         management.register("https://example.invalid/evil.mar")
+    # ... and by TorchServe itself (allowed_urls), when the API is called directly
+    with pytest.raises(ApiError, match="does not match any allowed URL"):
+        management._call("POST", "/models", params={"url": "https://example.invalid/evil.mar"})

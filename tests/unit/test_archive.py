@@ -54,12 +54,14 @@ def test_unchanged_inputs_reuse_the_archive_without_running_the_archiver(store, 
     assert (store / "minilm-embed-1.0.mar").stat().st_mtime_ns == before
 
 
-def test_a_tampered_archive_is_rebuilt_not_reused(tmp_path, minilm, store):
+def test_a_tampered_archive_is_refused_for_registration_and_replaced_by_an_explicit_build(tmp_path, minilm, store):
     (tmp_path / "minilm-embed-1.0.mar").write_bytes((store / "minilm-embed-1.0.mar").read_bytes())
     (tmp_path / archive.INDEX).write_text((store / archive.INDEX).read_text())
     with open(tmp_path / "minilm-embed-1.0.mar", "ab") as f:
         f.write(b"tampered")
-    record = archive.build(minilm.version("1.0"), tmp_path, log=lambda _: None)
+    with pytest.raises(archive.TamperedArchive, match="changed since"):
+        archive.build(minilm.version("1.0"), tmp_path, log=lambda _: None, refuse_tampered=True)
+    record = archive.build(minilm.version("1.0"), tmp_path, log=lambda _: None)  # an explicit build replaces it
     assert not record.reused
     assert record.sha256 == archive.file_sha256(tmp_path / "minilm-embed-1.0.mar")
 
@@ -71,5 +73,33 @@ def test_a_source_without_safetensors_is_refused(tmp_path, minilm):
 
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     mv = replace(minilm.version("1.0"), source=Source(dir=str(tmp_path)))
-    with pytest.raises(SpecError, match="no \\*.safetensors weights"):
+    with pytest.raises(SpecError, match="no \\*.safetensors weights.*pytorch_model.bin.*handler.allow_pickle: true"):
         archive.build(mv, tmp_path / "store")
+
+
+def test_pickle_weights_load_only_when_the_spec_allows_them(tmp_path, minilm):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from transerve.inprocess import LocalWorker
+    from transerve.spec import SpecError, load_spec
+
+    weights = tmp_path / "weights"
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    model.config.save_pretrained(weights)
+    torch.save(model.state_dict(), weights / "pytorch_model.bin")  # the old pickle format
+    AutoTokenizer.from_pretrained(minilm.version().source_dir()).save_pretrained(weights)
+    assert [p.name for p in weights.glob("*.bin")] and not list(weights.glob("*.safetensors"))
+    spec = tmp_path / "pickled" / "model.yaml"
+    spec.parent.mkdir()
+    spec.write_text("name: pickled\ntask: embedding\nsource: {dir: ../weights}\n"
+                    "versions: {'1.0': {}, '1.1': {handler: {allow_pickle: true}}}\n")
+    with pytest.raises(SpecError, match="refused because unpickling runs code"):
+        archive.build(load_spec(spec).version("1.0"), tmp_path / "store")
+    worker = LocalWorker(load_spec(spec).version("1.1"))
+    try:
+        [answer] = worker.predict([{"inputs": "loaded from a pickle, knowingly"}])
+        assert answer.status == 200 and answer.body["dimensions"] == 32
+    finally:
+        worker.close()

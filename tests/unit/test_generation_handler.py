@@ -133,7 +133,7 @@ def test_length_limit_and_truncation(worker):
     [
         ({"inputs": "x", "parameters": {"max_new_tokens": 513}}, 400, "513 is above this model's limit 512"),
         ({"inputs": "x", "parameters": {"max_new_tokens": 0}}, 400, "max_new_tokens: must be >= 1"),
-        ({"inputs": "x", "parameters": {"temperature": 0}}, 400, "temperature: must be > 0"),
+        ({"inputs": "x", "parameters": {"temperature": 0}}, 400, "temperature: must be >= 0.01"),
         ({"inputs": "x", "parameters": {"top_p": 1.5}}, 400, "top_p: must be > 0 and <= 1"),
         ({"inputs": "x", "parameters": {"top_k": 0}}, 400, "top_k: must be >= 1"),
         ({"inputs": "x", "parameters": {"seed": -1}}, 400, "seed: must be between 0"),

@@ -1,0 +1,149 @@
+"""Hostile input and a killed worker, against the real server.
+
+The fuzz sends 2,400 malformed requests (transerve/hostile.py, seeded) concurrently with
+good ones: no answer may be a 5xx, no connection may drop, every good request must get
+its own correct answer, and the worker must be the same process at the end. Then the
+worker is killed with SIGKILL while clients keep sending: TorchServe starts a new one, and
+once answers resume none may fail.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from transerve import hostile
+from transerve.management import ApiError
+
+NAME = "minilm-embed"
+SEED = 20261124
+HOSTILE = 2400
+GOOD = 240
+
+
+@pytest.fixture(scope="module")
+def registered(management):
+    management.register(f"{NAME}-1.0.mar", initial_workers=1)
+    yield NAME
+    try:
+        management.unregister(NAME, "1.0")
+    except ApiError:
+        pass
+
+
+def worker_pids(management) -> list[int]:
+    [status] = management.describe(NAME, "1.0")
+    return [w.pid for w in status.workers if w.status == "READY"]
+
+
+def test_fuzz_gets_4xx_only_and_good_requests_their_answers(torchserve, registered, management):
+    url = f"{torchserve.url('inference')}/predictions/{NAME}"
+    key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
+    good = [{"inputs": [f"good request number {i}", "a second sentence " * (1 + i % 5)]} for i in range(GOOD)]
+    session = requests.Session()
+    reference = [session.post(url, json=body, headers=key, timeout=60).json()["embeddings"] for body in good]
+    pids = worker_pids(management)
+
+    jobs = [("hostile", what, content_type, body) for content_type, body, what in hostile.requests(SEED, HOSTILE)]
+    jobs += [("good", i, "application/json", None) for i in range(GOOD)]
+    random.Random(SEED).shuffle(jobs)
+    local = threading.local()
+
+    def send(job):
+        kind, what, content_type, body = job
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        try:
+            if kind == "good":
+                answer = local.session.post(url, json=good[what], headers=key, timeout=120)
+            else:
+                answer = local.session.post(url, data=body, headers={**key, "Content-Type": content_type}, timeout=120)
+            return job, answer.status_code, answer.text
+        except requests.RequestException as e:
+            return job, 0, repr(e)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, jobs))
+    seconds = time.monotonic() - started
+
+    statuses = collections.Counter(status for _, status, _ in results)
+    shapes = collections.Counter((job[1], status) for job, status, _ in results if job[0] == "hostile")
+    print(f"\nfuzz: {HOSTILE} hostile + {GOOD} good requests, 16 clients, {seconds:.1f}s; statuses {dict(statuses)}")
+    for (what, status), n in sorted(shapes.items()):
+        print(f"  {status}  x{n:<4} {what}")
+    dropped = [(job[1], text) for job, status, text in results if status == 0]
+    assert not dropped, dropped[:5]
+    server_errors = [(job[1], job[3][:80] if job[3] else None, text[:200]) for job, status, text in results if status >= 500]
+    assert not server_errors, server_errors[:5]
+    for job, status, text in results:
+        if job[0] == "hostile" and 400 <= status < 500 and text.startswith("{"):
+            assert "message" in text, text[:200]
+        if job[0] == "good":
+            assert status == 200, text[:200]
+            got = np.array(__import__("json").loads(text)["embeddings"])
+            assert np.allclose(got, np.array(reference[job[1]]), atol=1e-5), job[1]
+    assert statuses[400] + statuses[413] + statuses[415] >= HOSTILE * 0.9
+    assert worker_pids(management) == pids, "the worker restarted during the fuzz"
+
+
+def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, registered, management):
+    url = f"{torchserve.url('inference')}/predictions/{NAME}"
+    key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
+    [pid] = worker_pids(management)
+    answers: list[tuple[float, int]] = []  # (time answered, status)
+    stopping = threading.Event()
+
+    def client(i):
+        session = requests.Session()
+        while not stopping.is_set():
+            try:
+                status = session.post(url, json={"inputs": f"still there? {i}"}, headers=key, timeout=60).status_code
+            except requests.RequestException:
+                status = 0
+            answers.append((time.monotonic(), status))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    deadline = killed + 90
+    while time.monotonic() < deadline:
+        new = worker_pids(management)
+        if new and new != [pid] and any(t > killed and s == 200 for t, s in answers[-20:]):
+            break
+        time.sleep(0.2)
+    time.sleep(5)  # keep sending once it is back
+    stopping.set()
+    for t in threads:
+        t.join(timeout=60)
+
+    after = sorted(a for a in answers if a[0] > killed)
+    first_ok = next((t for t, s in after if s == 200), None)
+    assert first_ok is not None, "answers never resumed"
+    gap = collections.Counter(s for t, s in after if t < first_ok)
+    print(f"\nworker {pid} killed: answers resumed after {first_ok - killed:.1f}s; "
+          f"during the gap the clients saw {dict(gap) or 'no answer (requests waited)'}; new worker {worker_pids(management)}")
+    assert worker_pids(management) not in ([], [pid])
+    assert [s for t, s in after if t > first_ok] and all(s == 200 for t, s in after if t > first_ok)
+
+
+def test_a_body_over_the_frontends_size_limit_is_refused(torchserve, registered):
+    limit = int(torchserve.properties["max_request_size"])
+    answer = requests.post(
+        f"{torchserve.url('inference')}/predictions/{NAME}", data=b"x" * (limit + 1024),
+        headers={"Authorization": f"Bearer {torchserve.keys()['inference']}", "Content-Type": "text/plain"}, timeout=60,
+    )
+    print(f"\nbody of {limit + 1024} bytes (limit {limit}): {answer.status_code} {answer.text[:120]}")
+    assert answer.status_code == 413

@@ -1,0 +1,97 @@
+"""The safe defaults, each tried against the real server."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import requests
+
+from transerve import archive, cli
+from transerve.management import ApiError, ManagementClient
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on its default route, if it has one."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for a UDP connect
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+def test_every_api_listens_on_loopback_only(torchserve):
+    for api in ("inference", "management", "metrics"):
+        assert torchserve.url(api).startswith("http://127.0.0.1:"), api
+    for key in ("grpc_inference_address", "grpc_management_address"):
+        assert torchserve.properties[key] == "127.0.0.1"
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    for api in ("inference", "management", "metrics"):
+        port = int(torchserve.url(api).rsplit(":", 1)[1])
+        with pytest.raises(OSError):
+            socket.create_connection((address, port), timeout=2).close()
+
+
+def test_a_remote_url_is_refused_by_torchserve(torchserve, management):
+    with pytest.raises(ApiError) as refused:
+        management._call("POST", "/models", params={"url": "http://127.0.0.1:1/evil.mar"})
+    assert refused.value.status in (400, 404) and "does not match any allowed URL" in refused.value.message
+
+
+def test_registration_without_the_management_key_is_refused(torchserve):
+    keyless = ManagementClient(torchserve.url("management"), key=None)
+    with pytest.raises(ApiError) as refused:
+        keyless._call("POST", "/models", params={"url": "minilm-embed-1.0.mar"})
+    assert refused.value.status == 400 and refused.value.kind == "InvalidKeyException"
+    wrong = requests.post(f"{torchserve.url('inference')}/predictions/minilm-embed",
+                          headers={"Authorization": f"Bearer {torchserve.keys()['management']}"}, json={"inputs": "x"}, timeout=10)
+    assert wrong.status_code == 400 and wrong.json()["type"] == "InvalidKeyException"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "TorchServe 0.12 loads a model from any directory path given to POST /models: allowed_urls applies to URLs only "
+    "(ModelArchive.downloadModel). Mitigated, not fixed: the management API is on loopback and needs the management "
+    "key, and transerve's client sends only archive file names. This test fails the day TorchServe refuses it."))
+def test_a_directory_outside_the_model_store_is_refused_by_torchserve(torchserve, management, tmp_path, store):
+    import zipfile
+
+    outside = tmp_path / "outside-model"
+    with zipfile.ZipFile(store / "minilm-embed-1.1.mar") as z:
+        z.extractall(outside)
+    try:
+        with pytest.raises(ApiError):
+            management._call("POST", "/models", params={"url": str(outside), "initial_workers": "0"})
+    finally:
+        for name in management.list_models():
+            if name == "outside-model" or any(v.url == str(outside) for v in management.describe(name)):
+                for v in management.describe(name):
+                    if v.url == str(outside):
+                        management.unregister(name, v.version)
+
+
+def test_a_tampered_archive_is_refused_before_registration(torchserve, store, management, capsys):
+    target = store / "minilm-embed-1.1.mar"
+    original = target.read_bytes()
+    try:
+        with open(target, "ab") as f:
+            f.write(b"\0tampered")
+        code = cli.main(["--model-store", str(store), "--run-dir", str(torchserve.run_dir), "register", "minilm-embed", "1.1"])
+        err = capsys.readouterr().err
+        assert code == cli.FAILED and "changed since" in err and "--force" in err
+        assert all(v.version != "1.1" for v in _registered(management, "minilm-embed"))
+    finally:
+        target.write_bytes(original)
+    assert archive.file_sha256(target) == archive.read_index(store)["minilm-embed-1.1.mar"]["sha256"]
+
+
+def _registered(management, name):
+    try:
+        return management.describe(name)
+    except ApiError:
+        return []
