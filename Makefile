@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools archive clean
+.PHONY: setup serve stop status test test-tools soak archive clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ test: setup test-tools
 
 test-tools:
 	bash scripts/test-tools.sh
+
+soak: setup
+	$(VENV)/bin/python bench/soak.py
 
 clean:
 	rm -rf model_store/*.mar model_store/index.json .transerve

@@ -57,6 +57,19 @@ def management(torchserve) -> ManagementClient:
     return ManagementClient(torchserve.url("management"), key_reader(torchserve.key_file, "management"))
 
 
+@pytest.fixture(scope="module")
+def minilm_registered(management):
+    """minilm-embed 1.0 registered with one worker for one test module, unregistered after it."""
+    from transerve.management import ApiError
+
+    management.register("minilm-embed-1.0.mar", initial_workers=1)
+    yield "minilm-embed"
+    try:
+        management.unregister("minilm-embed", "1.0")
+    except ApiError:
+        pass
+
+
 @pytest.fixture(scope="session")
 def inference(torchserve) -> InferenceClient:
     return InferenceClient(torchserve.url("inference"), key_reader(torchserve.key_file, "inference"))

@@ -18,11 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 import requests
 
 from transerve import hostile
-from transerve.management import ApiError
 
 NAME = "minilm-embed"
 SEED = 20261124
@@ -30,22 +28,12 @@ HOSTILE = 2400
 GOOD = 240
 
 
-@pytest.fixture(scope="module")
-def registered(management):
-    management.register(f"{NAME}-1.0.mar", initial_workers=1)
-    yield NAME
-    try:
-        management.unregister(NAME, "1.0")
-    except ApiError:
-        pass
-
-
 def worker_pids(management) -> list[int]:
     [status] = management.describe(NAME, "1.0")
     return [w.pid for w in status.workers if w.status == "READY"]
 
 
-def test_fuzz_gets_4xx_only_and_good_requests_their_answers(torchserve, registered, management):
+def test_fuzz_gets_4xx_only_and_good_requests_their_answers(torchserve, minilm_registered, management):
     url = f"{torchserve.url('inference')}/predictions/{NAME}"
     key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
     good = [{"inputs": [f"good request number {i}", "a second sentence " * (1 + i % 5)]} for i in range(GOOD)]
@@ -96,7 +84,7 @@ def test_fuzz_gets_4xx_only_and_good_requests_their_answers(torchserve, register
     assert worker_pids(management) == pids, "the worker restarted during the fuzz"
 
 
-def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, registered, management):
+def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, minilm_registered, management):
     url = f"{torchserve.url('inference')}/predictions/{NAME}"
     key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
     [pid] = worker_pids(management)
@@ -139,7 +127,7 @@ def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, registered, 
     assert [s for t, s in after if t > first_ok] and all(s == 200 for t, s in after if t > first_ok)
 
 
-def test_a_body_over_the_frontends_size_limit_is_refused(torchserve, registered):
+def test_a_body_over_the_frontends_size_limit_is_refused(torchserve, minilm_registered):
     limit = int(torchserve.properties["max_request_size"])
     answer = requests.post(
         f"{torchserve.url('inference')}/predictions/{NAME}", data=b"x" * (limit + 1024),

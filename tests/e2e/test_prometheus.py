@@ -5,23 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 import requests
 
-from transerve.management import ApiError
 
 NAME = "minilm-embed"
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-
-
-@pytest.fixture(scope="module")
-def registered(management):
-    management.register(f"{NAME}-1.0.mar", initial_workers=1)
-    yield NAME
-    try:
-        management.unregister(NAME, "1.0")
-    except ApiError:
-        pass
 
 
 def requests_counted(prometheus, outcome: str, reason: str) -> str:
@@ -29,7 +17,7 @@ def requests_counted(prometheus, outcome: str, reason: str) -> str:
             f'outcome="{outcome}", reason="{reason}"}})')
 
 
-def test_prometheus_counts_exactly_the_requests_sent(torchserve, prometheus, registered):
+def test_prometheus_counts_exactly_the_requests_sent(torchserve, prometheus, minilm_registered):
     queries = {
         "ok": requests_counted(prometheus, "ok", "ok"),
         "empty": requests_counted(prometheus, "400", "empty_input"),
@@ -58,7 +46,7 @@ def test_prometheus_counts_exactly_the_requests_sent(torchserve, prometheus, reg
         assert got == before[kind] + sent[kind], kind
 
 
-def test_prometheus_loaded_the_shipped_rules_and_evaluates_them(prometheus, registered):
+def test_prometheus_loaded_the_shipped_rules_and_evaluates_them(prometheus, minilm_registered):
     groups = requests.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     names = {rule["name"] for group in groups for rule in group["rules"]}
     assert {"transerve:requests_refused:ratio_rate5m", "TranserveWorkerRestarts", "TranserveServerErrors"} <= names
@@ -78,7 +66,7 @@ def test_promtool_accepts_the_shipped_configuration_and_rules():
         assert "SUCCESS" in done.stdout + done.stderr
 
 
-def test_status_metrics_shows_the_live_figures(capsys, torchserve, store, registered, prometheus):
+def test_status_metrics_shows_the_live_figures(capsys, torchserve, store, minilm_registered, prometheus):
     from transerve import cli
 
     base = ["--model-store", str(store), "--run-dir", str(torchserve.run_dir)]
