@@ -18,7 +18,9 @@ from handlers.config import ConfigError
 from transerve import archive, metrics_api
 from transerve.management import ApiError, InferenceClient, ManagementClient, key_reader
 from transerve.rollout import History, RolloutError, Rollouts
-from transerve.server import RUN_DIR, Server, ServerError, read_properties, running_pid, stop_running
+from transerve.server import (
+    RUN_DIR, Server, ServerError, guard_address, read_properties, running_pid, stop_guard, stop_running,
+)
 from transerve.spec import MODELS_DIR, all_specs, find_spec
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
@@ -36,8 +38,9 @@ def _clients(args) -> tuple[ManagementClient, InferenceClient]:
         raise ServerError(f"no TorchServe was started from {args.run_dir}; run `transerve serve` first")
     props = read_properties(config)
     keys = Path(args.run_dir) / "key_file.json"
+    management_address = guard_address(Path(args.run_dir)) or props["management_address"]
     return (
-        ManagementClient(props["management_address"], args.management_key or key_reader(keys, "management")),
+        ManagementClient(management_address, args.management_key or key_reader(keys, "management")),
         InferenceClient(props["inference_address"], args.inference_key or key_reader(keys, "inference")),
     )
 
@@ -104,6 +107,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_stop(args) -> int:
+    stop_guard(Path(args.run_dir))
     stopped = stop_running()
     (Path(args.run_dir) / "key_file.json").unlink(missing_ok=True)
     print("TorchServe stopped" if stopped else "TorchServe was not running")

@@ -7,9 +7,11 @@ it to its working directory) and `logs/`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +71,8 @@ class Server:
     run_dir: Path = RUN_DIR
     overrides: dict[str, str] = field(default_factory=dict)
     template: Path = CONFIG_TEMPLATE
+    # transerve.guard in front of the management API: registrations from the model store only
+    guard: bool = True
 
     def __post_init__(self):
         self.model_store = Path(self.model_store).resolve()
@@ -83,6 +87,9 @@ class Server:
             "metrics_config": METRICS_CONFIG.as_posix(),
             **self.overrides,
         }
+        self.management_address = self.properties["management_address"]
+        if self.guard:  # TorchServe's own management API moves to a private loopback port
+            self.properties["management_address"] = f"http://127.0.0.1:{_free_port()}"
 
     @property
     def config_file(self) -> Path:
@@ -96,9 +103,13 @@ class Server:
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
 
+    @property
+    def guard_file(self) -> Path:
+        return self.run_dir / GUARD_FILE
+
     def url(self, api: str) -> str:
-        """Base URL of the `inference`, `management` or `metrics` API."""
-        return self.properties[f"{api}_address"]
+        """Base URL of the `inference`, `management` (the guard's, when on) or `metrics` API."""
+        return self.management_address if api == "management" else self.properties[f"{api}_address"]
 
     def keys(self) -> dict[str, str]:
         """The current keys, {"management": …, "inference": …, "API": …}; {} with auth off."""
@@ -146,6 +157,27 @@ class Server:
         if started.returncode != 0:
             raise ServerError(f"torchserve --start failed; see {self.log_dir}/torchserve.out")
         self.wait_healthy(timeout)
+        if self.guard:
+            self.start_guard()
+
+    def start_guard(self, timeout: float = 20) -> None:
+        listen = self.management_address.split("://", 1)[1]
+        command = [sys.executable, "-m", "transerve.guard", "--listen", listen,
+                   "--upstream", self.properties["management_address"], "--store", str(self.model_store)]
+        with open(self.log_dir / "guard.log", "ab") as out:
+            process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.guard_file.write_text(json.dumps({"pid": process.pid, "listen": self.management_address,
+                                               "upstream": self.properties["management_address"]}))
+        host, port = listen.rsplit(":", 1)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ServerError(f"the management guard did not start; see {self.log_dir}/guard.log") from None
+                time.sleep(0.1)
 
     def wait_healthy(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -165,9 +197,40 @@ class Server:
         raise ServerError(f"TorchServe did not answer /ping within {timeout:.0f}s; see {self.log_dir}/ts_log.log")
 
     def stop(self, timeout: float = 60) -> bool:
+        stop_guard(self.run_dir)
         stopped = stop_running(timeout)
         self.key_file.unlink(missing_ok=True)
         return stopped
+
+
+GUARD_FILE = "guard.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def guard_address(run_dir: Path) -> str | None:
+    """The management address clients should call: the guard's, when one was started from run_dir."""
+    try:
+        return json.loads((Path(run_dir) / GUARD_FILE).read_text())["listen"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def stop_guard(run_dir: Path) -> None:
+    path = Path(run_dir) / GUARD_FILE
+    try:
+        pid = json.loads(path.read_text())["pid"]
+        process = psutil.Process(pid)
+        if "transerve.guard" in " ".join(process.cmdline()):
+            process.terminate()
+            process.wait(timeout=10)
+    except (OSError, ValueError, KeyError, psutil.Error):
+        pass
+    path.unlink(missing_ok=True)
 
 
 def running_pid() -> int | None:

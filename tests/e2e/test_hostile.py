@@ -88,17 +88,18 @@ def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, minilm_regis
     url = f"{torchserve.url('inference')}/predictions/{NAME}"
     key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
     [pid] = worker_pids(management)
-    answers: list[tuple[float, int]] = []  # (time answered, status)
+    answers: list[tuple[float, float, int]] = []  # (time sent, time answered, status)
     stopping = threading.Event()
 
     def client(i):
         session = requests.Session()
         while not stopping.is_set():
+            sent = time.monotonic()
             try:
                 status = session.post(url, json={"inputs": f"still there? {i}"}, headers=key, timeout=60).status_code
             except requests.RequestException:
                 status = 0
-            answers.append((time.monotonic(), status))
+            answers.append((sent, time.monotonic(), status))
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
     for t in threads:
@@ -109,7 +110,7 @@ def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, minilm_regis
     deadline = killed + 90
     while time.monotonic() < deadline:
         new = worker_pids(management)
-        if new and new != [pid] and any(t > killed and s == 200 for t, s in answers[-20:]):
+        if new and new != [pid] and any(sent > killed and status == 200 for sent, _, status in answers[-20:]):
             break
         time.sleep(0.2)
     time.sleep(5)  # keep sending once it is back
@@ -117,21 +118,12 @@ def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, minilm_regis
     for t in threads:
         t.join(timeout=60)
 
-    after = sorted(a for a in answers if a[0] > killed)
-    first_ok = next((t for t, s in after if s == 200), None)
+    # Back = the first success of a request sent after the kill (the new worker answered it).
+    first_ok = min((done for sent, done, status in answers if sent > killed and status == 200), default=None)
     assert first_ok is not None, "answers never resumed"
-    gap = collections.Counter(s for t, s in after if t < first_ok)
+    gap = collections.Counter(status for _, done, status in answers if killed < done < first_ok)
     print(f"\nworker {pid} killed: answers resumed after {first_ok - killed:.1f}s; "
           f"during the gap the clients saw {dict(gap) or 'no answer (requests waited)'}; new worker {worker_pids(management)}")
     assert worker_pids(management) not in ([], [pid])
-    assert [s for t, s in after if t > first_ok] and all(s == 200 for t, s in after if t > first_ok)
-
-
-def test_a_body_over_the_frontends_size_limit_is_refused(torchserve, minilm_registered):
-    limit = int(torchserve.properties["max_request_size"])
-    answer = requests.post(
-        f"{torchserve.url('inference')}/predictions/{NAME}", data=b"x" * (limit + 1024),
-        headers={"Authorization": f"Bearer {torchserve.keys()['inference']}", "Content-Type": "text/plain"}, timeout=60,
-    )
-    print(f"\nbody of {limit + 1024} bytes (limit {limit}): {answer.status_code} {answer.text[:120]}")
-    assert answer.status_code == 413
+    once_back = [status for sent, _, status in answers if sent > first_ok]
+    assert once_back and all(status == 200 for status in once_back), collections.Counter(once_back)

@@ -27,6 +27,7 @@ def non_loopback_address() -> str | None:
 def test_every_api_listens_on_loopback_only(torchserve):
     for api in ("inference", "management", "metrics"):
         assert torchserve.url(api).startswith("http://127.0.0.1:"), api
+    assert torchserve.properties["management_address"].startswith("http://127.0.0.1:")  # behind the guard
     for key in ("grpc_inference_address", "grpc_management_address"):
         assert torchserve.properties[key] == "127.0.0.1"
     address = non_loopback_address()
@@ -38,10 +39,17 @@ def test_every_api_listens_on_loopback_only(torchserve):
             socket.create_connection((address, port), timeout=2).close()
 
 
-def test_a_remote_url_is_refused_by_torchserve(torchserve, management):
-    with pytest.raises(ApiError) as refused:
-        management._call("POST", "/models", params={"url": "http://127.0.0.1:1/evil.mar"})
-    assert refused.value.status in (400, 404) and "does not match any allowed URL" in refused.value.message
+def behind_the_guard(torchserve, management) -> ManagementClient:
+    """TorchServe's own management API, on the private port the guard forwards to."""
+    return ManagementClient(torchserve.properties["management_address"], management._key)
+
+
+def test_a_remote_url_is_refused_by_the_guard_and_by_torchserve(torchserve, management):
+    for client, message in ((management, "registration refused by transerve's guard"),
+                            (behind_the_guard(torchserve, management), "does not match any allowed URL")):
+        with pytest.raises(ApiError) as refused:
+            client._call("POST", "/models", params={"url": "http://127.0.0.1:1/evil.mar"})
+        assert refused.value.status in (400, 404) and message in refused.value.message
 
 
 def test_registration_without_the_management_key_is_refused(torchserve):
@@ -54,25 +62,44 @@ def test_registration_without_the_management_key_is_refused(torchserve):
     assert wrong.status_code == 400 and wrong.json()["type"] == "InvalidKeyException"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TorchServe 0.12 loads a model from any directory path given to POST /models: allowed_urls applies to URLs only "
-    "(ModelArchive.downloadModel). Mitigated, not fixed: the management API is on loopback and needs the management "
-    "key, and transerve's client sends only archive file names. This test fails the day TorchServe refuses it."))
-def test_a_directory_outside_the_model_store_is_refused_by_torchserve(torchserve, management, tmp_path, store):
+def outside_copy(store, tmp_path):
+    """A model directory outside the model store (what an attacker would point TorchServe at)."""
     import zipfile
 
     outside = tmp_path / "outside-model"
     with zipfile.ZipFile(store / "minilm-embed-1.1.mar") as z:
         z.extractall(outside)
+    return outside
+
+
+def forget(management, path) -> None:
+    for name in management.list_models():
+        for version in management.describe(name):
+            if version.url == str(path):
+                management.unregister(name, version.version)
+
+
+@pytest.mark.parametrize("url", ["{outside}", "file://{outside}", "{store}/../x.mar", "file:///etc/passwd.mar"])
+def test_a_path_outside_the_model_store_is_refused(torchserve, management, tmp_path, store, url):
+    url = url.format(outside=outside_copy(store, tmp_path), store=store)
+    with pytest.raises(ApiError) as refused:
+        management._call("POST", "/models", params={"url": url, "initial_workers": "0"})
+    assert refused.value.status == 400 and refused.value.kind == "RegistrationRefused"
+    assert all(v.url != url for name in management.list_models() for v in management.describe(name))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "TorchServe 0.12 itself loads a model from any directory path given to POST /models: allowed_urls applies to URLs "
+    "only (ModelArchive.downloadModel). This is why transerve puts its guard in front of the management API. "
+    "This test fails the day TorchServe refuses it on its own."))
+def test_torchserve_alone_refuses_a_directory_outside_the_store(torchserve, management, tmp_path, store):
+    outside = outside_copy(store, tmp_path)
     try:
         with pytest.raises(ApiError):
-            management._call("POST", "/models", params={"url": str(outside), "initial_workers": "0"})
+            behind_the_guard(torchserve, management)._call(
+                "POST", "/models", params={"url": str(outside), "initial_workers": "0"})
     finally:
-        for name in management.list_models():
-            if name == "outside-model" or any(v.url == str(outside) for v in management.describe(name)):
-                for v in management.describe(name):
-                    if v.url == str(outside):
-                        management.unregister(name, v.version)
+        forget(management, outside)
 
 
 def test_a_tampered_archive_is_refused_before_registration(torchserve, store, management, capsys):

@@ -173,6 +173,6 @@ def test_registering_a_remote_url_is_refused(management):
     # by transerve's client before anything is sent ...
     with pytest.raises(ValueError, match="register takes an archive's file name"):
         management.register("https://example.invalid/evil.mar")
-    # ... and by TorchServe itself (allowed_urls), when the API is called directly
-    with pytest.raises(ApiError, match="does not match any allowed URL"):
+    # ... by the management guard, when the API is called directly ...
+    with pytest.raises(ApiError, match="registration refused by transerve's guard"):
         management._call("POST", "/models", params={"url": "https://example.invalid/evil.mar"})
