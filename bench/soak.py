@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--vmargs", help="JVM options for TorchServe's frontend, e.g. -Xmx256m (default: the config's)")
+    parser.add_argument("--out", default="soak.json", help="file name under bench/results/")
     args = parser.parse_args()
     if running_pid() is not None:
         raise SystemExit("a TorchServe is running; stop it first (make stop)")
@@ -83,7 +85,7 @@ def main() -> None:
     server = Server(model_store=store, run_dir=run_dir, overrides={
         "inference_address": f"http://127.0.0.1:{ports[0]}", "management_address": f"http://127.0.0.1:{ports[1]}",
         "metrics_address": f"http://127.0.0.1:{ports[2]}", "grpc_inference_port": str(ports[3]),
-        "grpc_management_port": str(ports[4]),
+        "grpc_management_port": str(ports[4]), **({"vmargs": args.vmargs} if args.vmargs else {}),
     })
     server.start()
     try:
@@ -142,18 +144,25 @@ def main() -> None:
     finally:
         server.stop()
 
-    growth = {k: round(100 * (end_memory[k] - start_memory[k]) / start_memory[k], 1) for k in ("frontend_mb", "workers_mb")}
+    def growth_from(first: dict) -> dict:
+        return {k: round(100 * (end_memory[k] - first[k]) / first[k], 1) for k in ("frontend_mb", "workers_mb")}
+
+    growth = growth_from(start_memory)
+    # After the first two minutes: the JVM and the allocators have sized themselves by then.
+    warm = next((s for s in samples if s["t"] >= 120), start_memory)
     p = lambda xs, q: round(sorted(xs)[int(q * (len(xs) - 1))] * 1000, 1)  # noqa: E731
     result = {
         "minutes": args.minutes, "clients": args.clients, "requests": sum(outcomes.values()), "failures": len(failures),
         "failure_samples": failures[:10],
         "by_model_and_status": {f"{m} {s}": n for (m, s), n in sorted(outcomes.items())},
         "latency_ms": {m: {"p50": p(xs, 0.5), "p99": p(xs, 0.99)} for m, xs in latencies.items()},
+        "vmargs": args.vmargs or "(config.properties)",
         "memory_start": start_memory, "memory_end": end_memory, "memory_growth_percent": growth,
+        "memory_at_2_minutes": warm, "memory_growth_after_2_minutes_percent": growth_from(warm),
         "memory_samples": samples,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "memory_samples"}, indent=2))
 
 
