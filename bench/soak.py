@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ import requests
 
 from transerve import archive
 from transerve.management import InferenceClient, ManagementClient, key_reader
-from transerve.server import Server, running_pid
+from transerve.server import Server, free_ports, running_pid
 from transerve.spec import find_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,16 +41,6 @@ MIX = [  # (weight, model, body, expected status)
     (5, "smollm2-chat", {"inputs": "x", "parameters": {"top_p": 7}}, 400),
     (4, "minilm-embed", {"inputs": ["x"] * 100}, 413),
 ]
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def memory(server_pid: int) -> dict:

@@ -40,8 +40,7 @@ class TransformersHandler(BaseHandler):
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name, version, self.cfg.task)
         self.metrics.emit("transerve_worker_info", 1, self.device)
         self.metrics.emit("transerve_worker_loads_total", 1, self.device)
-        if self.device.type == "cuda":
-            self.metrics.emit("transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(self.device), self.device)
+        self.count_cuda_memory()
         self.initialized = True
         logger.info(
             "transerve: %s task=%s loaded on %s (dtype %s, %d torch threads) in %.2fs",
@@ -100,8 +99,11 @@ class TransformersHandler(BaseHandler):
             emit("transerve_time_to_first_token_seconds", value)
         for value in usage.per_token_seconds:
             emit("transerve_time_per_output_token_seconds", value)
+        self.count_cuda_memory()
+
+    def count_cuda_memory(self) -> None:
         if self.device.type == "cuda":
-            emit("transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(self.device), self.device)
+            self.metrics.emit("transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(self.device), self.device)
 
     def postprocess(self, data):
         """One answer per request, in order: its own outputs, or its own 4xx."""

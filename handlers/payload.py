@@ -49,7 +49,7 @@ def _body_of(row: Any) -> Any:
     for key in ("body", "data"):
         if key in row:
             return row[key]
-    fields = ", ".join(repr(k)[:40] for k in list(row)[:3])
+    fields = ", ".join(short(k) for k in list(row)[:3])
     raise InputError(
         f"the body arrived as HTML form fields ({fields}): `curl -d` sends Content-Type "
         "application/x-www-form-urlencoded unless told otherwise. Send JSON with "

@@ -258,8 +258,7 @@ def cmd_validate(args) -> int:
                 [answer] = worker.predict([sample.request])
                 ms = (time.perf_counter() - started) * 1000
                 wrong = ([f"status {answer.status}: {answer.body}"] if answer.status != 200 else
-                         smoke.problems(mv.task, sample.request, answer.body)
-                         + (smoke.mismatches(sample.expect, answer.body) if sample.expect is not None else []))
+                         smoke.check(mv.task, sample, answer.body))
                 failed += bool(wrong)
                 print(f"sample {i}  {'FAILED' if wrong else 'ok'} in {ms:.0f} ms: {json.dumps(sample.request)[:100]}")
                 print(f"          {'; '.join(wrong) if wrong else json.dumps(_short(answer.body))[:300]}")

@@ -208,9 +208,7 @@ class Rollouts:
                                                 timeout=mv.runtime.responseTimeout + 10)
             except ApiError as e:
                 raise RolloutError("smoke", f"sample {i} was refused: {e}") from None
-            wrong = smoke.problems(mv.task, sample.request, answer)
-            if sample.expect is not None:
-                wrong += smoke.mismatches(sample.expect, answer)
+            wrong = smoke.check(mv.task, sample, answer)
             if wrong:
                 raise RolloutError("smoke", f"sample {i}: {'; '.join(wrong[:3])}")
             self.log(f"    sample {i} ok")

@@ -89,7 +89,7 @@ class Server:
         }
         self.management_address = self.properties["management_address"]
         if self.guard:  # TorchServe's own management API moves to a private loopback port
-            self.properties["management_address"] = f"http://127.0.0.1:{_free_port()}"
+            self.properties["management_address"] = f"http://127.0.0.1:{free_ports(1)[0]}"
 
     @property
     def config_file(self) -> Path:
@@ -206,10 +206,16 @@ class Server:
 GUARD_FILE = "guard.json"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free right now (all held open while they are picked)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def guard_address(run_dir: Path) -> str | None:

@@ -2,7 +2,8 @@
 
 `problems(task, request, answer)` checks the shape the task promises (one result per
 input, the keys and types of each); `mismatches(expect, answer)` checks a sample's
-expected output, matched as a subset. Both return what is wrong, in words; [] is fine.
+expected output, matched as a subset; `check` does both for a spec sample. All return
+what is wrong, in words; [] is fine.
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ def problems(task: str, request: Any, answer: Any) -> list[str]:
     if not isinstance(answer, list) or len(answer) != n:
         return [f"expected a list of {n} results, got {str(answer)[:100]}"]
     return [p for i, result in enumerate(answer) for p in check(result, f"answer[{i}]")]
+
+
+def check(task: str, sample, answer: Any) -> list[str]:
+    """Everything wrong with `answer` to a spec sample: its shape, then its expected output."""
+    wrong = problems(task, sample.request, answer)
+    if sample.expect is not None:
+        wrong += mismatches(sample.expect, answer)
+    return wrong
 
 
 def mismatches(expect: Any, answer: Any, where: str = "answer") -> list[str]:

@@ -153,18 +153,27 @@ class GenerationTask(Task):
             raise InputError(f"'messages' do not fit this model's chat template: {e}", reason="invalid_messages") from None
 
     def collate(self, items: Sequence[Item]) -> Prompts | None:
+        # A rendered chat carries its own special tokens; a raw prompt gets the tokenizer's.
+        # So one tokenizer call for the chats and one for the raw prompts, not one per request.
+        encoded: dict[int, list[list[int]]] = {}
+        for chat in (True, False):
+            group = [item for item in items if (item.payload.messages is not None) == chat]
+            texts = [text for item in group for text in item.payload.inputs]
+            if not texts:
+                continue
+            ids = iter(self.tokenizer(
+                texts, add_special_tokens=not chat, return_attention_mask=False, return_token_type_ids=False,
+            )["input_ids"])
+            for item in group:
+                encoded[id(item)] = [next(ids) for _ in item.payload.inputs]
         rows = []
         for item in items:
-            # A rendered chat carries its own special tokens; a raw prompt gets the tokenizer's.
-            encoded = self.tokenizer(
-                item.payload.inputs, add_special_tokens=item.payload.messages is None,
-                return_attention_mask=False, return_token_type_ids=False,
-            )["input_ids"]
+            prompts = encoded[id(item)]
             truncate = item.params.truncate
             truncate = bool(self.cfg.truncate) if truncate is None else truncate
-            too_long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
+            too_long = [i for i, ids in enumerate(prompts) if len(ids) > self.max_length]
             if too_long and not truncate:
-                n = len(encoded[too_long[0]])
+                n = len(prompts[too_long[0]])
                 item.error = InputError(
                     f"inputs[{too_long[0]}] is {n} tokens; the prompt limit is {self.max_length} tokens (max_length). "
                     "Shorten it, or send parameters.truncate=true to keep its last tokens",
@@ -172,7 +181,7 @@ class GenerationTask(Task):
                     reason="input_too_long",
                 )
                 continue
-            rows.extend(self.row(item, ids[-self.max_length:]) for ids in encoded)
+            rows.extend(self.row(item, ids[-self.max_length:]) for ids in prompts)
         return Prompts(rows) if rows else None
 
     def row(self, item: Item, prompt: list[int]) -> Row:
@@ -279,8 +288,8 @@ class GenerationTask(Task):
                 row.finish = "length"
         if row.finish is not None:
             row.finished_at = time.perf_counter()
-        if row.finish is not None and row.text.endswith("\ufffd"):
-            row.text = row.text[:-1]  # a character cut short by the budget
+            if row.text.endswith("\ufffd"):
+                row.text = row.text[:-1]  # a character cut short by the budget
         if row.stream and row.finish is None:
             ready = safe_prefix(row.text, row.stops)
             if ready > row.sent and self.emit is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,19 +12,7 @@ import requests
 import yaml
 
 from transerve.management import InferenceClient, ManagementClient, key_reader
-from transerve.server import Server, running_pid
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from transerve.server import Server, free_ports, running_pid
 
 
 @pytest.fixture(scope="session")
