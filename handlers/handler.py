@@ -119,7 +119,10 @@ class TransformersHandler(BaseHandler):
                 continue
             own = outputs[position : position + item.size]
             position += item.size
-            answer = self.task.encode(item, own)
+            if item.payload.kserve_v1:
+                answer = {"predictions": self.task.predictions(item, own)}
+            else:
+                answer = self.task.encode(item, own)
             answers.append(answer if isinstance(answer, str) else json.dumps(answer))
             self.metrics.emit("transerve_requests_total", 1, "ok", "ok")
             self.metrics.emit("transerve_inputs_total", item.size)

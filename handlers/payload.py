@@ -24,7 +24,7 @@ class InputError(Exception):
 
 
 EXAMPLE = '{"inputs": ["first text", "second text"], "parameters": {}}'
-TOP_LEVEL_KEYS = ("inputs", "messages", "parameters", "stream")
+TOP_LEVEL_KEYS = ("inputs", "messages", "parameters", "stream", "instances")
 ROLES = ("system", "user", "assistant")
 
 
@@ -38,6 +38,8 @@ class Payload:
     # A chat, [{role, content}, ...], sent instead of inputs; only chat tasks accept it.
     messages: list[dict[str, str]] | None = None
     stream: bool = False
+    # KServe's V1 protocol: {"instances": [...]} in, {"predictions": [one per instance]} out.
+    kserve_v1: bool = False
 
 
 def _body_of(row: Any) -> Any:
@@ -95,6 +97,8 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
             raise InputError("send either 'inputs' or 'messages', not both", reason="invalid_body")
         messages = _check_messages(body["messages"], max_inputs, max_chars)
         return Payload(inputs=[], single=True, parameters=parameters, messages=messages, stream=stream)
+    if "instances" in body:
+        return _instances(body, parameters, stream, max_inputs, max_chars)
     if "inputs" not in body:
         raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}", reason="missing_inputs")
     raw = body["inputs"]
@@ -108,6 +112,23 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
         raise InputError(f"{len(raw)} inputs in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413, reason="too_many_inputs")
     inputs = [_check_text(t, i, max_chars) for i, t in enumerate(raw)]
     return Payload(inputs=inputs, single=False, parameters=parameters, stream=stream)
+
+
+def _instances(body: dict, parameters: dict, stream: bool, max_inputs: int, max_chars: int) -> Payload:
+    """KServe's V1 protocol, as its TorchServe runtime forwards it: one text per instance."""
+    if "inputs" in body:
+        raise InputError("send either 'inputs' or 'instances' (KServe V1), not both", reason="invalid_body")
+    if stream:
+        raise InputError("'stream' is not part of KServe's V1 protocol; send 'inputs' to stream", reason="invalid_body")
+    raw = body["instances"]
+    if not isinstance(raw, list):
+        raise InputError(f"'instances' must be a list of strings, got {type(raw).__name__}", reason="invalid_body")
+    if not raw:
+        raise InputError("'instances' is an empty list; send at least one string", reason="empty_input")
+    if len(raw) > max_inputs:
+        raise InputError(f"{len(raw)} instances in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413, reason="too_many_inputs")
+    inputs = [_check_text(t, i, max_chars, "instances") for i, t in enumerate(raw)]
+    return Payload(inputs=inputs, single=False, parameters=parameters, kserve_v1=True)
 
 
 def _encodable(text: str) -> bool:
@@ -143,14 +164,14 @@ def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[di
     return [dict(m) for m in messages]
 
 
-def _check_text(text: Any, index: int, max_chars: int) -> str:
+def _check_text(text: Any, index: int, max_chars: int, key: str = "inputs") -> str:
     if isinstance(text, str) and not _encodable(text):
-        raise InputError(f"inputs[{index}] holds a lone UTF-16 surrogate (an escape like \\ud800); send valid Unicode",
+        raise InputError(f"{key}[{index}] holds a lone UTF-16 surrogate (an escape like \\ud800); send valid Unicode",
                          reason="invalid_utf8")
     if not isinstance(text, str):
-        raise InputError(f"inputs[{index}] must be a string, got {type(text).__name__}", reason="invalid_body")
+        raise InputError(f"{key}[{index}] must be a string, got {type(text).__name__}", reason="invalid_body")
     if not text.strip():
-        raise InputError(f"inputs[{index}] is empty; send some text", reason="empty_input")
+        raise InputError(f"{key}[{index}] is empty; send some text", reason="empty_input")
     if len(text) > max_chars:
-        raise InputError(f"inputs[{index}] has {len(text)} characters; the limit is {max_chars} (max_chars_per_input)", status=413, reason="input_too_long")
+        raise InputError(f"{key}[{index}] has {len(text)} characters; the limit is {max_chars} (max_chars_per_input)", status=413, reason="input_too_long")
     return text

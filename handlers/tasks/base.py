@@ -68,6 +68,10 @@ class Task(abc.ABC):
     def encode(self, item: Item, outputs: list) -> Any:
         """The JSON-able answer to one request from its own outputs."""
 
+    def predictions(self, item: Item, outputs: list) -> list:
+        """KServe V1's answer: one JSON value per instance (what `encode` gives per input)."""
+        return self.encode(item, outputs)
+
     @abc.abstractmethod
     def usage(self, batch: Any) -> Usage:
         """Tokens (and for generation, timings) of a batch `forward` has run."""

@@ -53,6 +53,9 @@ class EmbeddingTask(EncoderTask):
         pooled = torch.where(batch.normalize.unsqueeze(-1), F.normalize(pooled, dim=-1), pooled)
         return list(zip(pooled.cpu().tolist(), batch.tokens.lengths))
 
+    def predictions(self, item: Item, outputs: list) -> list:
+        return [vector for vector, _ in outputs]
+
     def encode(self, item: Item, outputs: list) -> dict:
         return {
             "embeddings": [vector for vector, _ in outputs],

@@ -58,3 +58,10 @@ def test_bad_top_k_is_a_400(classifier, parameters, message):
     worker, _ = classifier
     [answer] = worker.predict([{"inputs": "x", "parameters": parameters}])
     assert answer.status == 400 and message in answer.body["message"]
+
+
+def test_kserve_v1_instances_get_the_ranked_labels_of_each(classifier):
+    worker, _ = classifier
+    v1, plain = worker.predict([{"instances": TEXTS[:2], "parameters": {"top_k": 2}},
+                                {"inputs": TEXTS[:2], "parameters": {"top_k": 2}}])
+    assert v1.status == 200 and v1.body == {"predictions": plain.body}

@@ -105,3 +105,11 @@ def test_bad_request_in_batch_fails_alone(worker):
 def test_a_batch_of_only_bad_requests_answers_each(worker):
     answers = worker.predict([{"inputs": []}, {"nope": 1}])
     assert [a.status for a in answers] == [400, 400]
+
+
+def test_kserve_v1_instances_get_one_prediction_each(worker):
+    v1, plain = worker.predict([{"instances": SENTENCES[:3]}, {"inputs": SENTENCES[:3]}])
+    assert (v1.status, list(v1.body)) == (200, ["predictions"])
+    assert len(v1.body["predictions"]) == 3
+    for u, v in zip(v1.body["predictions"], plain.body["embeddings"]):
+        assert cosine(u, v) >= 0.99999

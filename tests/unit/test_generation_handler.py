@@ -178,3 +178,10 @@ def test_generation_metrics_count_tokens_and_time_them(worker, caplog):
     first, per_token = values("transerve_time_to_first_token_seconds"), values("transerve_time_per_output_token_seconds")
     assert len(first) == len(per_token) == 2 and all(0 < v < 30 for v in first + per_token)
     assert all('task:generation' in line for line in lines)
+
+
+def test_kserve_v1_instances_get_one_generation_each(worker):
+    parameters = {"max_new_tokens": 6}
+    v1, plain = worker.predict([{"instances": PROMPTS[:2], "parameters": parameters},
+                                {"inputs": PROMPTS[:2], "parameters": parameters}])
+    assert v1.status == 200 and v1.body == {"predictions": plain.body}

@@ -56,6 +56,12 @@ def test_good_bodies_decode(value, inputs, single, parameters):
         ({"messages": [{"role": "user", "content": "x"}] * 5}, 413, "5 messages in one request; the limit is 4"),
         ({"messages": [{"role": "user", "content": "y" * 60}, {"role": "user", "content": "y" * 60}]}, 413, "120 characters in all"),
         ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, 400, "the last message is the assistant's"),
+        ({"instances": "x"}, 400, "'instances' must be a list of strings, got str"),
+        ({"instances": []}, 400, "'instances' is an empty list"),
+        ({"instances": ["ok", {"text": "x"}]}, 400, r"instances\[1\] must be a string, got dict"),
+        ({"instances": ["a"] * 5}, 413, "5 instances in one request; the limit is 4"),
+        ({"instances": ["a"], "inputs": ["b"]}, 400, "either 'inputs' or 'instances'"),
+        ({"instances": ["a"], "stream": True}, 400, "'stream' is not part of KServe's V1 protocol"),
     ],
 )
 def test_bad_bodies_raise_input_error(value, status, message):
@@ -75,3 +81,9 @@ def test_a_form_encoded_body_gets_415_saying_how_to_send_it():
     with pytest.raises(InputError, match="arrived as HTML form fields \\('hello'\\).*Content-Type: text/plain") as caught:
         decode({"hello": ""}, max_inputs=4, max_chars=100)
     assert caught.value.status == 415
+
+
+def test_kserve_v1_instances_decode_as_inputs():
+    payload = decode(body({"instances": ["a", "b"], "parameters": {"top_k": 2}}), max_inputs=4, max_chars=100)
+    assert (payload.inputs, payload.single, payload.parameters, payload.kserve_v1) == (["a", "b"], False, {"top_k": 2}, True)
+    assert decode(body({"inputs": ["a"]}), max_inputs=4, max_chars=100).kserve_v1 is False
