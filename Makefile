@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools soak archive clean
+.PHONY: setup serve stop status test test-tools soak deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test-tools:
 
 soak: setup
 	$(VENV)/bin/python bench/soak.py
+
+# The example manifests under deploy/kserve and deploy/kubernetes (a test keeps them in step).
+deploy-manifests: setup
+	$(VENV)/bin/python -m transerve.deploy
 
 clean:
 	rm -rf model_store/*.mar model_store/index.json .transerve

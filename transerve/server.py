@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -136,8 +137,8 @@ class Server:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
-    def start(self, timeout: float = 120) -> None:
-        """Start TorchServe in the background and wait until it answers /ping."""
+    def prepare(self) -> None:
+        """Check that TorchServe can start here; write the run dir's config."""
         if running_pid() is not None:
             raise ServerError(
                 f"a TorchServe is already running (pid {running_pid()}, pid file {PID_FILE}); "
@@ -149,6 +150,10 @@ class Server:
         self.model_store.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self.key_file.unlink(missing_ok=True)
+
+    def start(self, timeout: float = 120) -> None:
+        """Start TorchServe in the background and wait until it answers /ping."""
+        self.prepare()
         # The Java frontend outlives this call and keeps its output streams: give it a file.
         with open(self.log_dir / "torchserve.out", "ab") as out:
             started = subprocess.run(
@@ -195,6 +200,51 @@ class Server:
                 pass
             time.sleep(0.5)
         raise ServerError(f"TorchServe did not answer /ping within {timeout:.0f}s; see {self.log_dir}/ts_log.log")
+
+    def run(self, archives: dict[str, str], timeout: float = 300, log=print) -> int:
+        """TorchServe in the foreground serving `archives` ({name: file in the model store})
+        from startup, until it exits or this process gets SIGTERM/SIGINT (then it is
+        stopped, workers included). Returns TorchServe's exit status, 0 after a stop.
+        """
+        self.prepare()
+        models = [f"{name}={file}" for name, file in archives.items()]
+        # The frontend's and workers' logs go to this process's output: a container's log.
+        process = subprocess.Popen(self.command(foreground=True) + ["--models", *models],
+                                   cwd=self.run_dir, env=self.environment())
+        stopping = []
+
+        def stop(signum, _frame):
+            stopping.append(signum)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            deadline, ready = time.monotonic() + timeout, False
+            while process.poll() is None and not stopping:
+                if not ready and self._ready(list(archives)):
+                    ready = True
+                    log(f"transerve: serving {', '.join(models)} at {self.url('inference')}/predictions/<model> "
+                        f"(keys: {self.key_file})", flush=True)
+                elif not ready and time.monotonic() > deadline:
+                    log(f"transerve: models not READY after {timeout:.0f}s; see {self.log_dir}", flush=True)
+                    stopping.append("timeout")
+                time.sleep(0.5)
+            if stopping:
+                log(f"transerve: stopping TorchServe ({stopping[0]})", flush=True)
+                stop_running()
+            code = process.wait()
+            self.key_file.unlink(missing_ok=True)
+            return 1 if "timeout" in stopping else (0 if stopping else code)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if process.poll() is None:
+                stop_running()
+                process.wait()
+
+    def _ready(self, names: list[str]) -> bool:
+        from transerve.health import check
+
+        return all(check(self.run_dir, name, timeout=2)[0] for name in names)
 
     def stop(self, timeout: float = 60) -> bool:
         stop_guard(self.run_dir)

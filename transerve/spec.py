@@ -50,7 +50,8 @@ class Runtime:
     maxBatchDelay: int = 100
     responseTimeout: int = 120
     startupTimeout: int = 120
-    deviceType: Literal["cpu", "gpu"] = "cpu"
+    # None: TorchServe's choice, a GPU when the machine has one; "cpu" pins a version to CPU.
+    deviceType: Optional[Literal["cpu", "gpu"]] = None
 
     def check(self):
         for f in dataclasses.fields(self):
@@ -124,7 +125,8 @@ class ModelVersion:
 
     def model_config(self) -> dict:
         """The model-config.yaml TorchServe reads from the archive: runtime keys + handler."""
-        return {**dataclasses.asdict(self.runtime), "handler": dataclasses.asdict(self.handler)}
+        runtime = {k: v for k, v in dataclasses.asdict(self.runtime).items() if v is not None}
+        return {**runtime, "handler": dataclasses.asdict(self.handler)}
 
     def source_dir(self) -> Path:
         if self.source.dir is not None:
