@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools soak deploy-manifests archive clean
+.PHONY: setup serve stop status test test-tools soak bench deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ test: setup test-tools
 
 test-tools:
 	bash scripts/test-tools.sh
+
+# The benchmark (bench/bench.py): raw vs padded baseline vs transerve, the sweep, generation;
+# results, table and plots in bench/results/. About 12 minutes on 2 cores.
+bench: setup
+	$(VENV)/bin/python -m pip install -q -e '.[bench]'
+	$(VENV)/bin/python bench/bench.py
 
 soak: setup
 	$(VENV)/bin/python bench/soak.py
