@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -11,6 +13,8 @@ from transformers import AutoTokenizer
 
 from handlers.config import ConfigError, HandlerConfig, parse_dataclass
 from handlers.payload import InputError, Payload
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,7 +116,23 @@ def load_pretrained(auto_class, model_dir: str, cfg: HandlerConfig, device: torc
         model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=None if cfg.allow_pickle else True,
         trust_remote_code=cfg.trust_remote_code,
     )
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if cfg.quantize == "int8":
+        if device.type != "cpu":
+            logger.warning("transerve: quantize: int8 is for CPU workers; this one runs on %s in %s", device, cfg.dtype)
+        else:
+            model = quantize_int8(model)
+    return model
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 dynamic quantization of every Linear layer, one scale per output channel (per
+    tensor loses more: bench/results)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch marks the eager-mode API deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate: bool, **fields: bool) -> list[dict]:

@@ -44,6 +44,7 @@ class GenerationParams:
     stop: Optional[Union[str, list]] = None  # the answer ends before the first of these
     seed: Optional[int] = None
     truncate: Optional[bool] = None  # over max_length: keep the prompt's end (true) or 413
+    ignore_eos: Optional[bool] = None  # generate max_new_tokens even past end-of-text (benchmarks)
 
     def check(self):
         if self.temperature is not None and not 0.01 <= self.temperature <= 100:
@@ -82,6 +83,7 @@ class Row:
     seed: int | None
     generator: torch.Generator | None
     stream: bool
+    ignore_eos: bool = False
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of text already streamed
@@ -208,6 +210,7 @@ class GenerationTask(Task):
             seed=seed,
             generator=generator,
             stream=item.payload.stream,
+            ignore_eos=bool(p.ignore_eos),
         )
 
     def forward(self, batch: Prompts) -> list:
@@ -277,7 +280,7 @@ class GenerationTask(Task):
         row.tokens.append(token)
         if len(row.tokens) == 1:
             row.first_token_at = time.perf_counter()
-        if token in self.eos:
+        if token in self.eos and not row.ignore_eos:
             row.finish = "eos"
         else:
             row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)

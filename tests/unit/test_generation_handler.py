@@ -185,3 +185,11 @@ def test_kserve_v1_instances_get_one_generation_each(worker):
     v1, plain = worker.predict([{"instances": PROMPTS[:2], "parameters": parameters},
                                 {"inputs": PROMPTS[:2], "parameters": parameters}])
     assert v1.status == 200 and v1.body == {"predictions": plain.body}
+
+
+def test_ignore_eos_generates_the_whole_budget(worker):
+    chat = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    natural = worker.predict([{**chat, "parameters": {"max_new_tokens": 40}}])[0].body
+    assert natural["details"]["finish_reason"] == "eos" and natural["details"]["generated_tokens"] < 40
+    forced = worker.predict([{**chat, "parameters": {"max_new_tokens": 40, "ignore_eos": True}}])[0].body
+    assert (forced["details"]["finish_reason"], forced["details"]["generated_tokens"]) == ("length", 40)
