@@ -121,6 +121,10 @@ class ModelVersionStatus:
         )
 
 
+# TorchServe's answer to a registration, which says how many workers it started.
+REGISTERED = re.compile(r'Model "(?P<name>[^"]+)" Version: (?P<version>\S+) registered with (?P<workers>\d+) initial workers')
+
+
 class ManagementClient(_Api):
     """list, describe, register, scale, set-default and unregister, per version."""
 
@@ -157,7 +161,9 @@ class ManagementClient(_Api):
 
         Only a bare file name is sent: TorchServe 0.12 would also load a URL or any
         directory path it is given (allowed_urls covers URLs only), and transerve never
-        needs either.
+        needs either. `initial_workers` is honoured: TorchServe 0.12 starts the archive's
+        own minWorkers instead when its model-config.yaml sets one, so a synchronous
+        registration that started another count is scaled to it.
         """
         if not re.fullmatch(r"[\w.-]+\.mar", url):
             raise ValueError(f"register takes an archive's file name in the model store (NAME-VERSION.mar), got {url!r}")
@@ -167,7 +173,17 @@ class ManagementClient(_Api):
             "max_batch_delay": max_batch_delay, "response_timeout": response_timeout,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
-        return self._call("POST", "/models", params=params, timeout=timeout).json().get("status", "")
+        message = self._call("POST", "/models", params=params, timeout=timeout).json().get("status", "")
+        started = REGISTERED.fullmatch(message)
+        if synchronous and initial_workers is not None and started and int(started["workers"]) != initial_workers:
+            name, version = started["name"], started["version"]
+            [status] = self.describe(name, version)
+            # TorchServe stops workers only above max_worker: fewer than it started needs max = min.
+            fewer = initial_workers < int(started["workers"])
+            maximum = initial_workers if fewer else max(initial_workers, status.max_workers)
+            self.scale(name, initial_workers, maximum, version=version, timeout=timeout)
+            message = f'Model "{name}" Version: {version} registered with {initial_workers} initial workers'
+        return message
 
     def scale(
         self, name: str, min_workers: int, max_workers: int | None = None, version: str | None = None,

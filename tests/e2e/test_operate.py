@@ -129,11 +129,24 @@ def registered(management) -> dict:
 
 
 def test_register_and_the_client_against_a_live_server(capsys, operate, management):
+    runtime = find_spec(NAME).version("1.0").runtime
     code, out, _ = operate(capsys, "register", NAME, "1.0")
-    assert code == 0 and "1 workers READY, default" in out
+    assert code == 0 and f"{runtime.minWorkers} workers READY, default" in out
     assert NAME in management.list_models()
     [status] = management.describe(NAME, "1.0")
-    assert (status.is_default, status.ready_workers, status.batch_size, status.pending_requests) == (True, 1, 16, 0)
+    assert (status.is_default, status.ready_workers, status.batch_size, status.pending_requests) == (
+        True, runtime.minWorkers, runtime.batchSize, 0)
+
+
+def test_register_workers_option_starts_that_many(capsys, operate, management):
+    # TorchServe 0.12 alone would start the archive's minWorkers, whatever the call asks.
+    wanted = find_spec(NAME).version("1.2").runtime.minWorkers + 1
+    code, out, _ = operate(capsys, "register", NAME, "1.2", "--workers", str(wanted), "--json")
+    assert code == 0 and json.loads(out)["ready_workers"] == wanted
+    [status] = management.describe(NAME, "1.2")
+    assert (status.min_workers, status.ready_workers, status.is_default) == (wanted, wanted, False)
+    code, _, _ = operate(capsys, "unregister", NAME, "1.2")
+    assert code == 0 and set(registered(management)) == {"1.0"}
     with pytest.raises(ApiError) as unknown:
         management.describe("no-such-model")
     assert unknown.value.status == 404 and "Model not found: no-such-model" in unknown.value.message
