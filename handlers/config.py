@@ -7,6 +7,7 @@ time, so a wrong value fails on the operator's machine, not inside a worker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import reprlib
 import typing
 from dataclasses import dataclass
@@ -62,6 +63,13 @@ def _matches(value: Any, tp: Any) -> bool:
 T = typing.TypeVar("T")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    # get_type_hints compiles every string annotation on each call; requests parse
+    # their parameters through here, so it is done once per class.
+    return typing.get_type_hints(cls)
+
+
 def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     """Build `cls` from a mapping, refusing unknown keys and values of the wrong type.
 
@@ -71,7 +79,7 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) ->
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {short(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 
 import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
@@ -109,13 +110,15 @@ class TransformersHandler(BaseHandler):
         """One answer per request, in order: its own outputs, or its own 4xx."""
         started = time.perf_counter()
         items, outputs = data
-        answers, position = [], 0
+        answers, position, inputs = [], 0, 0
+        # Counted per batch, not per request: each emit is a line the frontend parses.
+        outcomes: Counter[tuple] = Counter()
         for idx, item in enumerate(items):
             error = item if isinstance(item, InputError) else item.error
             if error is not None:
                 self.context.set_response_status(error.status, error.message, idx)
                 answers.append(error.body())
-                self.metrics.emit("transerve_requests_total", 1, error.status, error.reason)
+                outcomes[error.status, error.reason] += 1
                 continue
             own = outputs[position : position + item.size]
             position += item.size
@@ -124,8 +127,12 @@ class TransformersHandler(BaseHandler):
             else:
                 answer = self.task.encode(item, own)
             answers.append(answer if isinstance(answer, str) else json.dumps(answer))
-            self.metrics.emit("transerve_requests_total", 1, "ok", "ok")
-            self.metrics.emit("transerve_inputs_total", item.size)
+            outcomes["ok", "ok"] += 1
+            inputs += item.size
+        for (outcome, reason), count in outcomes.items():
+            self.metrics.emit("transerve_requests_total", count, outcome, reason)
+        if inputs:
+            self.metrics.emit("transerve_inputs_total", inputs)
         self.metrics.emit("transerve_postprocess_seconds", time.perf_counter() - started)
         return answers
 
