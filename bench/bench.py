@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -53,8 +54,9 @@ WORDS = (
 CONCURRENCY = (1, 16, 64)
 STREAMS = (1, 4, 16)
 SWEEP_BATCH = (1, 8, 16, 32)
-SWEEP_DELAY = (2, 5, 10, 20)
-SWEEP_LAYOUT = ((1, 2), (2, 1))  # (workers, torch threads per worker)
+SWEEP_DELAY = (1, 2, 5, 10, 20)
+# (workers, torch threads per worker); each with the spec's single_input_threads
+SWEEP_LAYOUT = ((1, 2), (2, 1))
 GEN_PROMPTS = [
     "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle.",
     "Explain in detail how a compiler turns source code into machine code, step by step.",
@@ -103,6 +105,29 @@ def raw_embeddings(model_path: Path, max_length: int, seconds: float) -> dict:
             by_batch[size] = round(done / (time.perf_counter() - started), 2)
         best = max(by_batch, key=by_batch.get)
         out[label] = {"inputs_per_s_by_batch": by_batch, "best_batch": best, "inputs_per_s": by_batch[best]}
+    # The opt-in int8 lever (handler config quantize: int8), in-process: speed and agreement.
+    from handlers.tasks.base import quantize_int8
+
+    fp32 = embed(SHORT[:128])
+    model = quantize_int8(model)
+    embed(SHORT[:64])
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        embed(SHORT[done % 256: done % 256 + 64])
+        done += 64
+    int8 = embed(SHORT[:128])
+    cosine = (fp32 * int8).sum(-1)
+    near_fp32, near_int8 = fp32 @ fp32.T, int8 @ int8.T
+    near_fp32.fill_diagonal_(-1)
+    near_int8.fill_diagonal_(-1)
+    out["int8_short"] = {
+        "inputs_per_s_batch_64": round(done / (time.perf_counter() - started), 2),
+        "speedup": round(done / (time.perf_counter() - started) / out["short"]["inputs_per_s_by_batch"][64], 2),
+        "cosine_to_fp32_mean": round(cosine.mean().item(), 4),
+        "cosine_to_fp32_min": round(cosine.min().item(), 4),
+        "nearest_neighbour_agreement": round((near_fp32.argmax(1) == near_int8.argmax(1)).float().mean().item(), 3),
+    }
+    model = AutoModel.from_pretrained(model_path).eval()
     singles = []
     for text in SHORT[:60]:
         started = time.perf_counter()
@@ -165,6 +190,17 @@ class Bench:
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.server.keys()['inference']}"}
 
+    def register(self, archive_name: str, workers: int, batch: int | None = None, delay: int | None = None) -> dict:
+        """Register and check that the server runs what was asked; returns the layout it reports."""
+        self.management.register(archive_name, initial_workers=workers, batch_size=batch, max_batch_delay=delay)
+        name, version = archive_name.removesuffix(".mar").rsplit("-", 1)
+        [status] = self.management.describe(name, version)
+        served = {"workers": status.ready_workers, "batchSize": status.batch_size, "maxBatchDelay": status.max_batch_delay}
+        asked = {"workers": workers, "batchSize": batch or served["batchSize"], "maxBatchDelay": delay or served["maxBatchDelay"]}
+        if served != asked:
+            sys.exit(f"{archive_name}: asked for {asked}, the server runs {served}")
+        return served
+
     def url(self, name: str) -> str:
         return f"{self.server.url('inference')}/predictions/{name}"
 
@@ -173,7 +209,28 @@ class Bench:
             return {"inputs": corpus[(client * 7919 + n) % len(corpus)]}
 
         loadgen.run(self.url(name), body, clients, warmup, self.headers())
-        return loadgen.run(self.url(name), body, clients, seconds, self.headers()).summary()
+        before = self.cpu_seconds()
+        run = loadgen.run(self.url(name), body, clients, seconds, self.headers())
+        after = self.cpu_seconds()
+        # Where the 2 cores went: model workers, the Java frontend, this load generator.
+        cores = {k: round((after[k] - before[k]) / run.seconds, 2) for k in after}
+        return {**run.summary(), "cpu_cores": cores}
+
+    def cpu_seconds(self) -> dict:
+        frontend = psutil.Process(running_pid())
+        workers = frontend.children(recursive=True)
+
+        def used(processes) -> float:
+            total = 0.0
+            for process in processes:
+                try:
+                    times = process.cpu_times()
+                    total += times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+            return total
+
+        return {"workers": used(workers), "frontend": used([frontend]), "load generator": used([psutil.Process()])}
 
     def generate(self, name: str, streams: int, seconds: float) -> dict:
         def body(client: int, n: int) -> dict:
@@ -222,8 +279,7 @@ def sweep(bench: Bench, mv, store: Path, seconds: float, quick: bool) -> list[di
         archive.build(variant, store, log=lambda _: None)
         for batch in batches:
             for delay in delays:
-                bench.management.register(variant.archive_name, initial_workers=workers, batch_size=batch,
-                                          max_batch_delay=delay)
+                bench.register(variant.archive_name, workers, batch, delay)
                 try:
                     many = bench.load(variant.name, SHORT, 64, seconds)
                     one = bench.load(variant.name, SHORT, 1, seconds / 2, warmup=0.3)
@@ -274,16 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     with Bench(store, REPO / ".transerve" / "bench" / "run") as bench:
         if not args.no_sweep:
             print("sweep (minilm-embed, short inputs) ...", flush=True)
-            results["sweep"] = sweep(bench, embed_spec, store, 2.0 if args.quick else 3.0, args.quick)
+            results["sweep"] = sweep(bench, embed_spec, store, 2.0 if args.quick else 2.5, args.quick)
             write(out / "sweep.json", {"meta": meta, "rows": results["sweep"]})
 
         runtime = embed_spec.runtime
-        bench.management.register(embed_spec.archive_name, initial_workers=runtime.minWorkers)
-        bench.management.register(baseline, initial_workers=1, batch_size=1, max_batch_delay=1)
+        served = bench.register(embed_spec.archive_name, runtime.minWorkers)
+        served["threads"] = embed_spec.handler.threads
+        bench.register(baseline, 1, 1, 1)
         for label, corpus in (("short", SHORT), ("long", LONG)):
             scenario = {"meta": meta, "inputs": label, "tokens": raw["embedding"]["tokens"][label],
                         "raw_inputs_per_s": raw["embedding"][label]["inputs_per_s"],
-                        "transerve_runtime": dataclasses.asdict(runtime), "points": []}
+                        "transerve_runtime": served, "points": []}
             for clients in CONCURRENCY:
                 for system, name in (("transerve", embed_spec.name), ("padded baseline", "baseline-embed")):
                     summary = bench.load(name, corpus, clients, point)
@@ -291,14 +348,23 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  embeddings {label:5} {system:15} {clients:2} clients: {summary['inputs_per_s']:8.1f} inputs/s, "
                           f"p50 {summary['latency_ms']['p50']} p99 {summary['latency_ms']['p99']} ms, errors {summary['errors']}",
                           flush=True)
+            if label == "short":
+                # TorchServe's own round trip: a request the handler refuses before the model runs.
+                def refused(client: int, n: int) -> dict:
+                    return {"inputs": []}
+
+                trip = loadgen.run(bench.url(embed_spec.name), refused, 1, point / 2, bench.headers())
+                assert all(s.status == 400 for s in trip.samples), "the refused request was not refused"
+                scenario["refused_round_trip_ms"] = loadgen.percentiles([s.latency for s in trip.samples])
+                print(f"  round trip of a refused request, 1 client: p50 {scenario['refused_round_trip_ms']['p50']} ms", flush=True)
             write(out / f"embeddings-{label}.json", scenario)
             results[f"embeddings-{label}"] = scenario
         bench.management.unregister(embed_spec.name)
         bench.management.unregister("baseline-embed")
 
         if not args.no_generation:
-            bench.management.register(chat_spec.archive_name, initial_workers=chat_spec.runtime.minWorkers)
-            scenario = {"meta": meta, "raw": raw["generation"], "transerve_runtime": dataclasses.asdict(chat_spec.runtime),
+            served = bench.register(chat_spec.archive_name, chat_spec.runtime.minWorkers)
+            scenario = {"meta": meta, "raw": raw["generation"], "transerve_runtime": served,
                         "points": []}
             for streams in STREAMS:
                 summary = bench.generate(chat_spec.name, streams, 8.0 if args.quick else 20.0)

@@ -9,6 +9,15 @@ from transerve import archive
 from transerve.spec import find_spec, load_spec
 
 
+@pytest.fixture(autouse=True, scope="module")
+def torch_threads():
+    """A worker sets torch's threads for its whole process (a spec's `threads`); tests that
+    load one in-process share this process, so each module gets the count back after it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def minilm():
     return find_spec("minilm-embed")

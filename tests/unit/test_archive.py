@@ -25,13 +25,14 @@ def test_each_version_has_its_own_archive_side_by_side(store):
         assert model["handler"] == "handler.py" and model["configFile"] == "model-config.yaml"
 
 
-def test_archive_carries_handler_package_config_and_only_safetensors_weights(store):
+def test_archive_carries_handler_package_config_and_only_safetensors_weights(store, minilm):
     with zipfile.ZipFile(store / "minilm-embed-1.1.mar") as z:
         names = set(z.namelist())
         config = z.read("model-config.yaml").decode()
     assert {"handler.py", "handlers/handler.py", "handlers/tasks/embedding.py", "model.safetensors", "tokenizer.json"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
-    assert "max_length: 128" in config and "batchSize: 16" in config and "task: embedding" in config
+    batch = minilm.version("1.1").runtime.batchSize
+    assert "max_length: 128" in config and f"batchSize: {batch}\n" in config and "task: embedding" in config
 
 
 def test_index_records_size_and_sha256_of_each_archive(store):

@@ -128,9 +128,11 @@ def test_kserve_config_serves_the_version_with_its_runtime_settings(tmp_path):
     path.write_text(deploy.kserve_properties(mv))
     props = read_properties(path)
     snapshot = json.loads(props["model_snapshot"])
+    rt = mv.runtime
     assert snapshot["models"] == {"minilm-embed": {"1.1": {
-        "defaultVersion": True, "marName": "minilm-embed-1.1.mar", "minWorkers": 1, "maxWorkers": 2,
-        "batchSize": 16, "maxBatchDelay": 5, "responseTimeout": 60}}}
+        "defaultVersion": True, "marName": "minilm-embed-1.1.mar", "minWorkers": rt.minWorkers,
+        "maxWorkers": rt.maxWorkers, "batchSize": rt.batchSize, "maxBatchDelay": rt.maxBatchDelay,
+        "responseTimeout": rt.responseTimeout}}}
     assert props["model_store"] == "/mnt/models/model-store"
     assert props["disable_token_authorization"] == "true" and props["enable_model_api"] == "false"
     assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:8085"

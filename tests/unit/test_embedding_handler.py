@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from transerve.inprocess import LocalWorker
 
@@ -113,3 +114,13 @@ def test_kserve_v1_instances_get_one_prediction_each(worker):
     assert len(v1.body["predictions"]) == 3
     for u, v in zip(v1.body["predictions"], plain.body["embeddings"]):
         assert cosine(u, v) >= 0.99999
+
+
+def test_a_lone_input_runs_on_single_input_threads_with_the_same_answer(worker):
+    cfg = worker.handler.cfg
+    assert cfg.single_input_threads and cfg.threads and cfg.single_input_threads != cfg.threads
+    [alone] = worker.predict([{"inputs": SENTENCES[1]}])
+    assert torch.get_num_threads() == cfg.single_input_threads
+    [paired] = worker.predict([{"inputs": SENTENCES[1:3]}])
+    assert torch.get_num_threads() == cfg.threads
+    np.testing.assert_allclose(alone.body["embeddings"][0], paired.body["embeddings"][0], atol=1e-5)
