@@ -55,7 +55,7 @@ CONCURRENCY = (1, 16, 64)
 STREAMS = (1, 4, 16)
 SWEEP_BATCH = (1, 8, 16, 32)
 SWEEP_DELAY = (1, 2, 5, 10, 20)
-# (workers, torch threads per worker); each with the spec's single_input_threads
+# (workers, torch threads per worker)
 SWEEP_LAYOUT = ((1, 2), (2, 1))
 GEN_PROMPTS = [
     "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle.",
@@ -274,8 +274,10 @@ def sweep(bench: Bench, mv, store: Path, seconds: float, quick: bool) -> list[di
     layouts = SWEEP_LAYOUT
     batches, delays = ((1, 16), (5,)) if quick else (SWEEP_BATCH, SWEEP_DELAY)
     for workers, threads in layouts:
+        # The layout in the variant's own runtime, so TorchServe starts that many workers at once.
         variant = dataclasses.replace(mv, name=f"sweep-{workers}x{threads}",
-                                      handler=dataclasses.replace(mv.handler, threads=threads))
+                                      handler=dataclasses.replace(mv.handler, threads=threads),
+                                      runtime=dataclasses.replace(mv.runtime, minWorkers=workers, maxWorkers=workers))
         archive.build(variant, store, log=lambda _: None)
         for batch in batches:
             for delay in delays:

@@ -132,9 +132,6 @@ class HandlerConfig:
     max_chars_per_input: int = 20_000
     # torch intra-op threads for this worker; None leaves torch's default.
     threads: Optional[int] = None
-    # torch threads for a batch of one input (CPU): a lone request means the server is
-    # nearly idle, so it may use the cores that the other workers leave free.
-    single_input_threads: Optional[int] = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # CPU only, opt-in: int8 dynamic quantization of the Linear layers (weights int8,
     # activations quantized on the fly). Faster on CPU and close, not equal, to float32:
@@ -150,7 +147,7 @@ class HandlerConfig:
 
         if self.task not in TASKS:
             yield "task", f"unknown task {self.task!r}; known tasks: {', '.join(TASKS)}"
-        for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads", "single_input_threads",
+        for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads",
                     "max_new_tokens", "default_max_new_tokens"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -32,7 +32,7 @@ class TransformersHandler(BaseHandler):
         self.manifest = context.manifest
         self.cfg = HandlerConfig.from_model_config(context.model_yaml_config)
         self.device = pick_device(properties.get("gpu_id"))
-        self.threads = threads = configure_threads(self.cfg)
+        threads = configure_threads(self.cfg)
         self.task = task_class(self.cfg.task)()
         self.task.load(properties["model_dir"], self.cfg, self.device)
         if self.task.streams:
@@ -75,8 +75,6 @@ class TransformersHandler(BaseHandler):
             return items, []
         accepted = [item for item in items if not isinstance(item, InputError) and item.error is None]
         inputs = sum(item.size for item in accepted)
-        if self.cfg.single_input_threads and self.device.type == "cpu":
-            torch.set_num_threads(self.cfg.single_input_threads if inputs == 1 else self.threads)
         started = time.perf_counter()
         with torch.inference_mode():
             outputs = self.task.forward(batch)
