@@ -130,6 +130,10 @@ class HandlerConfig:
     # Input limits, checked before anything reaches the model.
     max_inputs_per_request: int = 64
     max_chars_per_input: int = 20_000
+    # Encoders: the most padded tokens (rows x longest row) in one model call. A larger
+    # batch runs as micro-batches of rows sorted by length, so long inputs go in small
+    # calls and short ones in big calls, each padded only to its own longest. None: one call.
+    max_batch_tokens: Optional[int] = None
     # torch intra-op threads for this worker; None leaves torch's default.
     threads: Optional[int] = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -147,7 +151,7 @@ class HandlerConfig:
 
         if self.task not in TASKS:
             yield "task", f"unknown task {self.task!r}; known tasks: {', '.join(TASKS)}"
-        for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads",
+        for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads", "max_batch_tokens",
                     "max_new_tokens", "default_max_new_tokens"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -196,6 +196,21 @@ def pad(rows: Sequence[dict], pad_id: int, device: torch.device) -> Tokens:
     return Tokens(ids.to(device), mask.to(device), lengths, list(rows))
 
 
+def micro_batches(lengths: Sequence[int], budget: int | None) -> list[list[int]]:
+    """Row positions grouped for one model call each: all rows in order when there is no
+    budget, else sorted by length and cut so rows x longest stays within it (a row longer
+    than the budget goes alone)."""
+    if not budget:
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    for row in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and (len(groups[-1]) + 1) * lengths[row] <= budget:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
 def model_max_length(tokenizer, model_config, configured: int | None) -> int:
     """The configured limit, else the smaller of the tokenizer's and the model's own."""
     limits = [configured] if configured else []
@@ -218,6 +233,21 @@ class EncoderTask(Task):
         config = self.model.config
         # The label of each output column, from the model config (classifiers use it).
         self.labels = [config.id2label.get(i, f"LABEL_{i}") for i in range(getattr(config, "num_labels", 0))]
+
+    def per_row(self, tokens: Tokens, run) -> list[torch.Tensor]:
+        """run(input_ids, attention_mask) -> a tensor with one entry per row, called once per
+        micro-batch (max_batch_tokens); its entries given back in the batch's row order."""
+        out: list[Any] = [None] * len(tokens.lengths)
+        for rows in micro_batches(tokens.lengths, self.cfg.max_batch_tokens):
+            width = max(tokens.lengths[r] for r in rows)
+            if rows == list(range(len(out))):  # the whole batch in its own order: no copy
+                ids, mask = tokens.input_ids[:, :width], tokens.attention_mask[:, :width]
+            else:
+                index = torch.tensor(rows, device=tokens.input_ids.device)
+                ids, mask = tokens.input_ids[index, :width], tokens.attention_mask[index, :width]
+            for row, value in zip(rows, run(ids, mask)):
+                out[row] = value
+        return out
 
     def usage(self, batch: Any) -> Usage:
         tokens = batch if isinstance(batch, Tokens) else batch.tokens

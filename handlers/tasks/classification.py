@@ -45,7 +45,7 @@ class ClassificationTask(EncoderTask):
         return self.tokens(items)
 
     def forward(self, batch: Tokens) -> list:
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = torch.stack(self.per_row(batch, lambda ids, mask: self.model(input_ids=ids, attention_mask=mask).logits))
         return self.activation(logits.float()).cpu().tolist()
 
     def encode(self, item: Item, outputs: list) -> list:

@@ -42,16 +42,16 @@ class EmbeddingTask(EncoderTask):
         return EmbeddingBatch(tokens, torch.tensor(flags, device=self.device))
 
     def forward(self, batch: EmbeddingBatch) -> list:
-        mask = batch.tokens.attention_mask
-        hidden = self.model(input_ids=batch.tokens.input_ids, attention_mask=mask).last_hidden_state
-        if self.cfg.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        pooled = pooled.float()
+        pooled = torch.stack(self.per_row(batch.tokens, self.pool)).float()
         pooled = torch.where(batch.normalize.unsqueeze(-1), F.normalize(pooled, dim=-1), pooled)
         return list(zip(pooled.cpu().tolist(), batch.tokens.lengths))
+
+    def pool(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        if self.cfg.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
     def predictions(self, item: Item, outputs: list) -> list:
         return [vector for vector, _ in outputs]

@@ -61,9 +61,11 @@ class TokenClassificationTask(EncoderTask):
         return self.tokens(items, return_offsets_mapping=True, return_special_tokens_mask=True)
 
     def forward(self, batch: Tokens) -> list:
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
-        return [(probs[i, :n], row) for i, (n, row) in enumerate(zip(batch.lengths, batch.rows))]
+        def probabilities(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1).cpu()
+
+        rows = self.per_row(batch, probabilities)
+        return [(probs[:n], row) for probs, n, row in zip(rows, batch.lengths, batch.rows)]
 
     def encode(self, item: Item, outputs: list) -> list:
         strategy = item.params.aggregation_strategy or self.cfg.aggregation

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from transerve.inprocess import LocalWorker
@@ -17,15 +19,17 @@ TEXTS = [
 LABELS = ["negative", "neutral", "positive"]
 
 
-@pytest.fixture(scope="module", params=["single_label_classification", "multi_label_classification"])
+# (problem type, max_batch_tokens): the second runs the batches as length-sorted micro-batches.
+@pytest.fixture(scope="module", params=[("single_label_classification", None), ("multi_label_classification", 32)])
 def classifier(request, tmp_path_factory, tiny_bert):
     from transformers import BertForSequenceClassification, pipeline
 
+    problem_type, budget = request.param
     mv, weights = tiny_bert(
         tmp_path_factory.mktemp("classifier"), BertForSequenceClassification, "classification", LABELS,
-        problem_type=request.param,
+        problem_type=problem_type,
     )
-    worker = LocalWorker(mv)
+    worker = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, max_batch_tokens=budget)))
     reference = pipeline("text-classification", model=str(weights), top_k=None, device="cpu", truncation=True)
     yield worker, reference
     worker.close()

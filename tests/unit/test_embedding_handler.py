@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
-import torch
 
+from handlers.tasks.base import micro_batches
 from transerve.inprocess import LocalWorker
 
 SENTENCES = [
@@ -35,9 +37,12 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def worker(minilm):
-    local = LocalWorker(minilm.version("1.0"))
+@pytest.fixture(scope="module", params=[None, 48], ids=["one-call", "micro-batches"])
+def worker(request, minilm):
+    """minilm-embed 1.0, and the same with max_batch_tokens small enough that the test
+    batches run as many length-sorted micro-batches."""
+    mv = minilm.version("1.0")
+    local = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, max_batch_tokens=request.param)))
     yield local
     local.close()
 
@@ -116,11 +121,11 @@ def test_kserve_v1_instances_get_one_prediction_each(worker):
         assert cosine(u, v) >= 0.99999
 
 
-def test_a_lone_input_runs_on_single_input_threads_with_the_same_answer(worker):
-    cfg = worker.handler.cfg
-    assert cfg.single_input_threads and cfg.threads and cfg.single_input_threads != cfg.threads
-    [alone] = worker.predict([{"inputs": SENTENCES[1]}])
-    assert torch.get_num_threads() == cfg.single_input_threads
-    [paired] = worker.predict([{"inputs": SENTENCES[1:3]}])
-    assert torch.get_num_threads() == cfg.threads
-    np.testing.assert_allclose(alone.body["embeddings"][0], paired.body["embeddings"][0], atol=1e-5)
+@pytest.mark.parametrize("lengths, budget, groups", [
+    ([5, 3, 9, 3], None, [[0, 1, 2, 3]]),          # no budget: one call, rows in order
+    ([5, 3, 9, 3], 10, [[1, 3], [0], [2]]),        # sorted by length; 3 x 5 > 10 cuts before row 0
+    ([5, 3, 9, 3], 100, [[1, 3, 0, 2]]),           # all fit: one call, sorted
+    ([300, 4], 256, [[1], [0]]),                   # a row over the budget goes alone
+])
+def test_micro_batches_sort_rows_by_length_within_the_budget(lengths, budget, groups):
+    assert micro_batches(lengths, budget) == groups

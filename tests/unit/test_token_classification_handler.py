@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from transerve.inprocess import LocalWorker
@@ -21,15 +23,16 @@ LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 STRATEGIES = ["none", "simple", "first", "max", "average"]
 
 
-@pytest.fixture(scope="module")
-def tagger(tmp_path_factory, tiny_bert):
-    """A tiny BERT token classifier, and transformers' pipeline on the same files."""
+@pytest.fixture(scope="module", params=[None, 32], ids=["one-call", "micro-batches"])
+def tagger(request, tmp_path_factory, tiny_bert):
+    """A tiny BERT token classifier (in one model call per batch, or in length-sorted
+    micro-batches of at most 32 padded tokens), and transformers' pipeline on the same files."""
     from transformers import BertForTokenClassification, pipeline
 
     mv, weights = tiny_bert(
         tmp_path_factory.mktemp("tagger"), BertForTokenClassification, "token_classification", LABELS, seed=1,
     )
-    worker = LocalWorker(mv)
+    worker = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, max_batch_tokens=request.param)))
     yield worker, lambda strategy: pipeline("token-classification", model=str(weights), aggregation_strategy=strategy, device="cpu")
     worker.close()
 
