@@ -137,6 +137,31 @@ def raw_embeddings(model_path: Path, max_length: int, seconds: float) -> dict:
     return out
 
 
+def micro_batch_lever(mv, seconds: float) -> dict:
+    """The handler in-process, as one served worker runs it (the spec's threads): a batch of
+    32 requests mixing short and long inputs, in one model call and in micro-batches."""
+    from transerve.inprocess import LocalWorker
+
+    rng = random.Random(3)
+    bodies = [{"inputs": rng.choice((SHORT[i], LONG[i]))} for i in range(32)]
+    threads = torch.get_num_threads()
+    out = {"requests": len(bodies), "threads": mv.handler.threads, "max_batch_tokens": mv.handler.max_batch_tokens}
+    for label, budget in (("one_call", None), ("micro_batches", mv.handler.max_batch_tokens)):
+        worker = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, max_batch_tokens=budget)))
+        try:
+            worker.predict(bodies)
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                assert all(a.status == 200 for a in worker.predict(bodies))
+                done += len(bodies)
+            out[f"{label}_inputs_per_s"] = round(done / (time.perf_counter() - started), 2)
+        finally:
+            worker.close()
+    torch.set_num_threads(threads)  # the worker set this process's threads
+    out["speedup"] = round(out["micro_batches_inputs_per_s"] / out["one_call_inputs_per_s"], 2)
+    return out
+
+
 def raw_generation(model_path: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -323,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     print("raw embeddings (in-process) ...", flush=True)
     raw = {"embedding": raw_embeddings(model_dir(embed_spec), embed_spec.handler.max_length, 1.5 if args.quick else 3.0)}
     print(f"  {json.dumps(raw['embedding'])}", flush=True)
+    if embed_spec.handler.max_batch_tokens:
+        raw["micro_batches"] = micro_batch_lever(embed_spec, 2.0 if args.quick else 6.0)
+        print(f"  micro-batches: {json.dumps(raw['micro_batches'])}", flush=True)
     if not args.no_generation:
         raw["generation"] = raw_generation(model_dir(chat_spec))
         print(f"  {json.dumps(raw['generation'])}", flush=True)
