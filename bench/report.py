@@ -66,9 +66,10 @@ def markdown(results: dict) -> str:
             "",
             f"## Embeddings, {label} inputs (~{scenario['tokens']:.0f} tokens), one input per request",
             "",
-            f"Raw, in-process ({results['raw']['embedding']['threads']} torch threads): {raw['inputs_per_s']:.0f} inputs/s "
-            f"at its best batch size ({raw['best_batch']}); "
-            f"by batch size: {', '.join(f'{b}: {v:.0f}' for b, v in raw['inputs_per_s_by_batch'].items())}.",
+            f"Raw, in-process ({results['raw']['embedding']['threads']} torch threads): {raw['inputs_per_s']:.0f} inputs/s, "
+            f"the best of two measurements: before the served points, by batch size "
+            f"{', '.join(f'{b}: {v:.0f}' for b, v in raw['inputs_per_s_by_batch'].items())}; after them, "
+            f"{', '.join(f'{b}: {v:.0f}' for b, v in raw.get('again_by_batch', {}).items()) or 'not measured'}.",
             *( ["The padded baseline cuts every input at 150 tokens, so on these it runs shorter rows than raw and "
                 "transerve, which embed up to 256 tokens as sentence-transformers does."] if label == "long" else []),
             f"transerve as the server reported it: {served['workers']} worker(s) × {served.get('threads') or 'default'} "
@@ -123,7 +124,10 @@ def markdown(results: dict) -> str:
             "## Sweep: minilm-embed runtime settings (short inputs)",
             "",
             f"Highest throughput at 64 clients: {best['workers']} worker(s) × {best['threads']} thread(s), "
-            f"batchSize {best['batchSize']}, maxBatchDelay {best['maxBatchDelay']} ms: {best['inputs_per_s_64']:.0f} inputs/s.",
+            f"batchSize {best['batchSize']}, maxBatchDelay {best['maxBatchDelay']} ms: {best['inputs_per_s_64']:.0f} inputs/s. "
+            "Single points are noisy on this machine; means over rows show the trends (layouts and delays: the rows with batchSize 16 and 32):",
+            "",
+            *sweep_trends(sweep),
             "",
             "| workers × threads | batchSize | maxBatchDelay ms | inputs/s at 64 clients | p99 ms at 64 | p50 ms at 1 client | errors |",
             "| --- | --- | --- | --- | --- | --- | --- |",
@@ -132,6 +136,29 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['workers']} × {r['threads']} | {r['batchSize']} | {r['maxBatchDelay']} | "
                          f"{r['inputs_per_s_64']:.1f} | {r['p99_ms_64']} | {r['p50_ms_1']} | {r['errors']} |")
     return "\n".join(lines) + "\n"
+
+
+def sweep_trends(sweep: list[dict]) -> list[str]:
+    """Mean figures of the sweep: by layout and by delay over its batchSize 16 and 32 rows, and by batchSize."""
+    rows = [r for r in sweep if r["batchSize"] >= 16]
+
+    def mean(values) -> float:
+        values = list(values)
+        return sum(values) / len(values)
+
+    lines = []
+    for layout in sorted({(r["workers"], r["threads"]) for r in rows}):
+        mine = [r for r in rows if (r["workers"], r["threads"]) == layout]
+        lines.append(f"- {layout[0]} worker(s) × {layout[1]} thread(s): {mean(r['inputs_per_s_64'] for r in mine):.0f} inputs/s "
+                     f"at 64 clients, p50 {mean(r['p50_ms_1'] for r in mine):.1f} ms at 1 client")
+    for batch in sorted({r["batchSize"] for r in sweep}):
+        mine = [r for r in sweep if r["batchSize"] == batch]
+        lines.append(f"- batchSize {batch} (every layout and delay): {mean(r['inputs_per_s_64'] for r in mine):.0f} inputs/s at 64 clients")
+    for delay in sorted({r["maxBatchDelay"] for r in rows}):
+        mine = [r for r in rows if r["maxBatchDelay"] == delay]
+        lines.append(f"- maxBatchDelay {delay} ms: {mean(r['inputs_per_s_64'] for r in mine):.0f} inputs/s at 64 clients, "
+                     f"p50 {mean(r['p50_ms_1'] for r in mine):.1f} ms at 1 client")
+    return lines
 
 
 def plots(results: dict, out: Path) -> list[Path]:
