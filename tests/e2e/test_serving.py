@@ -46,11 +46,15 @@ def post(server, path, key="inference", **kwargs):
     return requests.post(f"{server.url('inference')}{path}", headers=headers, timeout=60, **kwargs)
 
 
-def test_registered_model_has_a_ready_worker_with_the_spec_runtime(management, registered):
+def test_registered_model_has_a_ready_worker_with_the_spec_runtime(management, registered, minilm):
+    runtime = minilm.version("1.0").runtime
     [version] = management.describe(registered)
     assert (version.version, version.is_default) == ("1.0", True)
-    assert version.ready_workers == 1
-    assert (version.batch_size, version.max_batch_delay, version.max_workers) == (16, 5, 2)
+    assert (version.batch_size, version.max_batch_delay) == (runtime.batchSize, runtime.maxBatchDelay)
+    # One worker, as registered: fewer than the spec's minWorkers needs max = min too,
+    # since TorchServe stops workers only above max_worker.
+    assert runtime.minWorkers > 1, "the archive alone would start more than one worker"
+    assert (version.ready_workers, version.min_workers, version.max_workers) == (1, 1, 1)
 
 
 def test_inference_with_token_matches_sentence_transformers(inference, registered, reference):

@@ -129,3 +129,18 @@ def test_kserve_v1_instances_get_one_prediction_each(worker):
 ])
 def test_micro_batches_sort_rows_by_length_within_the_budget(lengths, budget, groups):
     assert micro_batches(lengths, budget) == groups
+
+
+def test_int8_opt_in_quantizes_every_linear_layer_and_stays_close(minilm, reference):
+    mv = minilm.version("1.0")
+    int8 = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, quantize="int8")))
+    try:
+        model = int8.handler.task.model
+        kinds = {type(m).__module__ for m in model.modules() if "Linear" in type(m).__name__}
+        assert kinds and all("quantized" in kind for kind in kinds), kinds
+        [answer] = int8.predict([{"inputs": SENTENCES}])
+    finally:
+        int8.close()
+    expected = reference.encode(SENTENCES, normalize_embeddings=True)
+    # Close, not equal: bench/results reports the agreement (cosine >= 0.95 on its corpus).
+    assert min(cosine(v, r) for v, r in zip(answer.body["embeddings"], expected)) > 0.9
