@@ -26,7 +26,7 @@ import requests
 
 from transerve.health import check as health_check
 from transerve.server import free_ports
-from transerve.spec import REPO
+from transerve.spec import REPO, find_spec
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -112,7 +112,9 @@ def test_the_entrypoint_serves_the_named_model_and_stops_on_sigterm(image_store,
         management = f"http://127.0.0.1:{ports['management']}"
         mkey = {"Authorization": f"Bearer {keys['management']['key']}"}
         [described] = requests.get(f"{management}/models/minilm-embed", headers=mkey, timeout=10).json()
-        assert (described["modelVersion"], described["batchSize"], described["maxBatchDelay"]) == ("1.0", 16, 5)
+        runtime = find_spec("minilm-embed").version("1.0").runtime
+        assert (described["modelVersion"], described["batchSize"], described["maxBatchDelay"]) == (
+            "1.0", runtime.batchSize, runtime.maxBatchDelay)
         # The image's config turns the model API off: nothing else can be registered into it.
         registered = requests.post(f"{management}/models", params={"url": "minilm-embed-1.0.mar"}, headers=mkey, timeout=10)
         assert registered.status_code == 405, registered.text
@@ -208,7 +210,9 @@ def test_the_kserve_export_is_served_as_kserves_torchserve_runtime_starts_it(sto
 
         wait_until(ready, 120, "the model from model_snapshot to be READY", log=tmp_path / "logs" / "ts_log.log")
         [described] = requests.get(f"{base}/models/minilm-embed", timeout=5).json()
-        assert (described["modelVersion"], described["batchSize"], described["maxWorkers"]) == ("1.1", 16, 2)
+        runtime = find_spec("minilm-embed").version("1.1").runtime
+        assert (described["modelVersion"], described["batchSize"], described["maxWorkers"]) == (
+            "1.1", runtime.batchSize, runtime.maxWorkers)
 
         # KServe V1, as the wrapper forwards it.
         answer = requests.post(f"{base}/predictions/minilm-embed", json={"instances": ["one", "two", "three"]}, timeout=30)

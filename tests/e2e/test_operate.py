@@ -138,9 +138,9 @@ def test_register_and_the_client_against_a_live_server(capsys, operate, manageme
         True, runtime.minWorkers, runtime.batchSize, 0)
 
 
-def test_register_workers_option_starts_that_many(capsys, operate, management):
+def test_register_workers_option_starts_that_many(capsys, operate, management, models_dir):
     # TorchServe 0.12 alone would start the archive's minWorkers, whatever the call asks.
-    wanted = find_spec(NAME).version("1.2").runtime.minWorkers + 1
+    wanted = find_spec(NAME, models_dir).version("1.2").runtime.minWorkers + 1
     code, out, _ = operate(capsys, "register", NAME, "1.2", "--workers", str(wanted), "--json")
     assert code == 0 and json.loads(out)["ready_workers"] == wanted
     [status] = management.describe(NAME, "1.2")
@@ -196,7 +196,7 @@ def test_rollout_under_load_loses_no_request_and_switches_versions(torchserve, c
     assert load.versions() == ({"1.0"}, {"1.1"})
     assert default_of(management) == "1.1"
     versions = registered(management)
-    assert versions["1.0"].workers == () and versions["1.1"].ready_workers == 1
+    assert versions["1.0"].workers == () and versions["1.1"].ready_workers == find_spec(NAME).version("1.1").runtime.minWorkers
     for step in ("archive", "register", "ready", "smoke", "set-default", "drain 1.0", "scale 1.0 to 0 workers"):
         assert f"] {step} done" in out, step
 
