@@ -126,8 +126,7 @@ def load_pretrained(auto_class, model_dir: str, cfg: HandlerConfig, device: torc
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """int8 dynamic quantization of every Linear layer, one scale per output channel (per
-    tensor loses more: bench/results)."""
+    """int8 dynamic quantization of every Linear layer, one scale per output channel."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():  # torch marks the eager-mode API deprecated in favour of torchao
