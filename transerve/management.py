@@ -177,10 +177,12 @@ class ManagementClient(_Api):
         started = REGISTERED.fullmatch(message)
         if synchronous and initial_workers is not None and started and int(started["workers"]) != initial_workers:
             name, version = started["name"], started["version"]
-            [status] = self.describe(name, version)
             # TorchServe stops workers only above max_worker: fewer than it started needs max = min.
-            fewer = initial_workers < int(started["workers"])
-            maximum = initial_workers if fewer else max(initial_workers, status.max_workers)
+            if initial_workers < int(started["workers"]):
+                maximum = initial_workers
+            else:
+                [status] = self.describe(name, version)
+                maximum = max(initial_workers, status.max_workers)
             self.scale(name, initial_workers, maximum, version=version, timeout=timeout)
             message = f'Model "{name}" Version: {version} registered with {initial_workers} initial workers'
         return message
