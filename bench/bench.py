@@ -122,19 +122,15 @@ def raw_embeddings(model_path: Path, max_length: int, seconds: float) -> dict:
 
     fp32 = embed(SHORT[:128])
     quantized = quantize_int8(model)  # a copy: `model` stays float32
-    embed(SHORT[:64], quantized)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        embed(SHORT[done % 256: done % 256 + 64], quantized)
-        done += 64
+    [int8_speed] = by_batch_size(lambda batch: embed(batch, quantized), SHORT, (64,), seconds).values()
     int8 = embed(SHORT[:128], quantized)
     cosine = (fp32 * int8).sum(-1)
     near_fp32, near_int8 = fp32 @ fp32.T, int8 @ int8.T
     near_fp32.fill_diagonal_(-1)
     near_int8.fill_diagonal_(-1)
     out["int8_short"] = {
-        "inputs_per_s_batch_64": round(done / (time.perf_counter() - started), 2),
-        "speedup": round(done / (time.perf_counter() - started) / out["short"]["inputs_per_s_by_batch"][64], 2),
+        "inputs_per_s_batch_64": int8_speed,
+        "speedup": round(int8_speed / out["short"]["inputs_per_s_by_batch"][64], 2),
         "cosine_to_fp32_mean": round(cosine.mean().item(), 4),
         "cosine_to_fp32_min": round(cosine.min().item(), 4),
         "nearest_neighbour_agreement": round((near_fp32.argmax(1) == near_int8.argmax(1)).float().mean().item(), 3),
@@ -158,7 +154,7 @@ def micro_batch_lever(mv, seconds: float) -> dict:
     threads = torch.get_num_threads()
     out = {"requests": len(bodies), "threads": mv.handler.threads, "max_batch_tokens": mv.handler.max_batch_tokens}
     for label, budget in (("one_call", None), ("micro_batches", mv.handler.max_batch_tokens)):
-        worker = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, max_batch_tokens=budget)))
+        worker = LocalWorker(mv.with_handler(max_batch_tokens=budget))
         try:
             worker.predict(bodies)
             done, started = 0, time.perf_counter()
@@ -311,8 +307,7 @@ def sweep(bench: Bench, mv, store: Path, seconds: float, quick: bool) -> list[di
     batches, delays = ((1, 16), (5,)) if quick else (SWEEP_BATCH, SWEEP_DELAY)
     for workers, threads in layouts:
         # The layout in the variant's own runtime, so TorchServe starts that many workers at once.
-        variant = dataclasses.replace(mv, name=f"sweep-{workers}x{threads}",
-                                      handler=dataclasses.replace(mv.handler, threads=threads),
+        variant = dataclasses.replace(mv.with_handler(threads=threads), name=f"sweep-{workers}x{threads}",
                                       runtime=dataclasses.replace(mv.runtime, minWorkers=workers, maxWorkers=workers))
         archive.build(variant, store, log=lambda _: None)
         for batch in batches:

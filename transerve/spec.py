@@ -123,6 +123,10 @@ class ModelVersion:
     def archive_name(self) -> str:
         return f"{self.name}-{self.version}.mar"
 
+    def with_handler(self, **changes: Any) -> "ModelVersion":
+        """This version with some handler settings changed (a benchmark's or a test's variant)."""
+        return dataclasses.replace(self, handler=dataclasses.replace(self.handler, **changes))
+
     def model_config(self) -> dict:
         """The model-config.yaml TorchServe reads from the archive: runtime keys + handler."""
         runtime = {k: v for k, v in dataclasses.asdict(self.runtime).items() if v is not None}

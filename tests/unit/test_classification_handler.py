@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from transerve.inprocess import LocalWorker
@@ -29,7 +27,7 @@ def classifier(request, tmp_path_factory, tiny_bert):
         tmp_path_factory.mktemp("classifier"), BertForSequenceClassification, "classification", LABELS,
         problem_type=problem_type,
     )
-    worker = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, max_batch_tokens=budget)))
+    worker = LocalWorker(mv.with_handler(max_batch_tokens=budget))
     reference = pipeline("text-classification", model=str(weights), top_k=None, device="cpu", truncation=True)
     yield worker, reference
     worker.close()

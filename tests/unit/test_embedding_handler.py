@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -42,7 +40,7 @@ def worker(request, minilm):
     """minilm-embed 1.0, and the same with max_batch_tokens small enough that the test
     batches run as many length-sorted micro-batches."""
     mv = minilm.version("1.0")
-    local = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, max_batch_tokens=request.param)))
+    local = LocalWorker(mv.with_handler(max_batch_tokens=request.param))
     yield local
     local.close()
 
@@ -133,7 +131,7 @@ def test_micro_batches_sort_rows_by_length_within_the_budget(lengths, budget, gr
 
 def test_int8_opt_in_quantizes_every_linear_layer_and_stays_close(minilm, reference):
     mv = minilm.version("1.0")
-    int8 = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, quantize="int8")))
+    int8 = LocalWorker(mv.with_handler(quantize="int8"))
     try:
         model = int8.handler.task.model
         kinds = {type(m).__module__ for m in model.modules() if "Linear" in type(m).__name__}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from transerve.inprocess import LocalWorker
@@ -32,7 +30,7 @@ def tagger(request, tmp_path_factory, tiny_bert):
     mv, weights = tiny_bert(
         tmp_path_factory.mktemp("tagger"), BertForTokenClassification, "token_classification", LABELS, seed=1,
     )
-    worker = LocalWorker(dataclasses.replace(mv, handler=dataclasses.replace(mv.handler, max_batch_tokens=request.param)))
+    worker = LocalWorker(mv.with_handler(max_batch_tokens=request.param))
     yield worker, lambda strategy: pipeline("token-classification", model=str(weights), aggregation_strategy=strategy, device="cpu")
     worker.close()
 
