@@ -116,7 +116,7 @@ class TransformersHandler(BaseHandler):
         for idx, item in enumerate(items):
             error = item if isinstance(item, InputError) else item.error
             if error is not None:
-                self.context.set_response_status(error.status, error.message, idx)
+                self.context.set_response_status(error.status, error.phrase, idx)
                 answers.append(error.body())
                 outcomes[error.status, error.reason] += 1
                 continue

@@ -22,6 +22,25 @@ class InputError(Exception):
     def body(self) -> str:
         return json.dumps({"code": self.status, "type": "InputError", "message": self.message})
 
+    @property
+    def phrase(self) -> str:
+        """The HTTP reason phrase: the message, made safe for TorchServe's frame and HTTP."""
+        return status_phrase(self.message)
+
+
+MAX_PHRASE = 200
+
+
+def status_phrase(message: str) -> str:
+    """`message` as printable ASCII (JSON escapes), at most MAX_PHRASE characters.
+
+    TorchServe 0.12's worker frames a reason phrase with its length in characters but its
+    bytes in UTF-8 (`create_predict_response` in ts/protocol/otf_message_handler.py), so one
+    non-ASCII character shifts every field after it and the frontend drops the worker; and
+    Netty refuses CR or LF in a status line. The JSON body keeps the message as it was.
+    """
+    return json.dumps(message, ensure_ascii=True)[1:-1].replace("\x7f", "\\u007f")[:MAX_PHRASE]
+
 
 EXAMPLE = '{"inputs": ["first text", "second text"], "parameters": {}}'
 TOP_LEVEL_KEYS = ("inputs", "messages", "parameters", "stream", "instances")

@@ -74,7 +74,9 @@ class LocalWorker:
         return self.service._entry_point.__self__
 
     def predict(self, bodies: list[Any], content_type: str = "application/json") -> list[Answer]:
-        """Send a batch of request bodies through the entry point, as Service.predict does."""
+        """Send a batch of request bodies through TorchServe's own Service.predict and read
+        back the reply frames exactly as the frontend would (`read_frames`): a frame the
+        frontend could not read raises FrameError, as it would cost a real worker its life."""
         batch = [
             {
                 "requestId": f"req-{i}".encode(),
@@ -83,22 +85,24 @@ class LocalWorker:
             }
             for i, body in enumerate(bodies)
         ]
-        headers, inputs, ids = Service.retrieve_data_for_inference(batch)
-        context = self.service.context
-        context.request_ids, context.request_processor = ids, headers
-        context.metrics.request_ids = ids
-        context.cl_socket = socket = _Recorder()
-        outputs = self.service._entry_point(inputs, context)
-        streamed = socket.parts_by_request()
+        socket = _Recorder()
+        self.service.cl_socket = socket  # where intermediate (streamed) replies go
+        reply = self.service.predict(batch)
+        streamed: dict[str, list[str]] = {}
+        for frame in read_frames(bytes(socket.sent)):
+            for part in frame.parts:
+                streamed.setdefault(part.request_id, []).append(part.body.decode("utf-8"))
+        [frame] = read_frames(bytes(reply))
+        if frame.code != 200:  # the whole batch failed outside the handler's per-request statuses
+            raise WorkerError(f"the worker answered the batch with {frame.code} {frame.message!r}")
         answers = []
-        for idx, out in enumerate(outputs):
-            status, phrase = context.get_response_status(idx)
+        for part in frame.parts:
+            text = part.body.decode("utf-8")
             try:
-                body = json.loads(out)
-            except (TypeError, ValueError):
-                body = out
-            chunks = streamed.get(ids[idx], [])
-            answers.append(Answer(status or 200, body, phrase or "", chunks))
+                body = json.loads(text)
+            except ValueError:
+                body = text
+            answers.append(Answer(part.status, body, part.phrase, streamed.get(part.request_id, [])))
         return answers
 
     def close(self) -> None:
@@ -115,33 +119,70 @@ class _Recorder:
     def sendall(self, data: bytes) -> None:
         self.sent += data
 
-    def parts_by_request(self) -> dict[str, list[str]]:
-        """Parse the predict-response messages (TorchServe's OTF protocol) into each request's parts."""
-        parts: dict[str, list[str]] = {}
-        buf, pos = bytes(self.sent), 0
 
-        def integer() -> int:
-            nonlocal pos
-            (value,) = struct.unpack_from("!i", buf, pos)
-            pos += 4
-            return value
+class WorkerError(RuntimeError):
+    """The worker failed a whole batch (TorchServe's 5xx for every request in it)."""
 
-        def blob() -> bytes:
-            nonlocal pos
-            n = integer()
-            pos += n
-            return buf[pos - n : pos]
 
-        while pos < len(buf):
-            integer()  # code
-            blob()  # message
-            while (n := integer()) != -1:
-                request_id = buf[pos : pos + n].decode()
-                pos += n
-                blob()  # content type
-                integer()  # status
-                blob()  # phrase
-                for _ in range(integer()):  # headers
-                    blob(), blob()
-                parts.setdefault(request_id, []).append(blob().decode())
-        return parts
+class FrameError(ValueError):
+    """A reply frame the frontend could not read: in a real server the worker is restarted."""
+
+
+@dataclass
+class Part:
+    request_id: str
+    content_type: str
+    status: int
+    phrase: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Frame:
+    code: int
+    message: str
+    parts: list[Part]
+
+
+def read_frames(buf: bytes) -> list[Frame]:
+    """Reply frames of TorchServe's worker protocol, read as the Java frontend reads them
+    (ModelResponseDecoder, CodecUtils at v0.12.0: every length in bytes, strings in UTF-8),
+    and checked as its HTTP layer needs them: a reason phrase of printable ASCII.
+    Raises FrameError where the frontend would fail; all of `buf` must be used."""
+    pos = 0
+
+    def integer() -> int:
+        nonlocal pos
+        if pos + 4 > len(buf):
+            raise FrameError(f"frame ends inside an integer at byte {pos}")
+        (value,) = struct.unpack_from("!i", buf, pos)
+        pos += 4
+        return value
+
+    def blob(length: int | None = None) -> bytes:
+        nonlocal pos
+        n = integer() if length is None else length
+        if n < 0 or pos + n > len(buf):
+            raise FrameError(f"a field of {n} bytes at byte {pos} overruns the frame of {len(buf)}")
+        pos += n
+        return buf[pos - n : pos]
+
+    def text(length: int | None = None) -> str:
+        try:
+            return blob(length).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FrameError(f"a string field is not UTF-8: {e}") from None
+
+    frames = []
+    while pos < len(buf):
+        code, message, parts = integer(), text(), []
+        while (n := integer()) != -1:
+            request_id, content_type, status = text(n), text(), integer()
+            phrase = text()
+            if any(not " " <= c <= "~" for c in phrase):
+                raise FrameError(f"reason phrase {phrase!r} is not printable ASCII")
+            headers = {text(): text() for _ in range(integer())}
+            parts.append(Part(request_id, content_type, status, phrase, headers, blob()))
+        frames.append(Frame(code, message, parts))
+    return frames
