@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from transerve import archive
 from transerve.spec import find_spec, load_spec
@@ -56,3 +59,10 @@ def _tiny_bert(root, minilm, model_class, task: str, labels: list[str], seed: in
     spec.parent.mkdir()
     spec.write_text(f"name: {name}\ntask: {task}\nsource: {{dir: ../weights}}\nruntime: {{batchSize: 8}}\nversions: {{'1.0': {{}}}}\n")
     return load_spec(spec).version("1.0"), weights
+
+
+# Hypothesis (tests/unit/test_fuzz_bodies.py): in CI a fixed seed and no example database,
+# so a run is reproducible from the commit alone; elsewhere new examples each run.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")

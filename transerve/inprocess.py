@@ -18,6 +18,7 @@ from typing import Any
 
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.model_loader import TsModelLoader
+from ts.protocol.otf_message_handler import retrieve_msg
 from ts.service import Service
 
 from transerve.archive import stage
@@ -74,17 +75,17 @@ class LocalWorker:
         return self.service._entry_point.__self__
 
     def predict(self, bodies: list[Any], content_type: str = "application/json") -> list[Answer]:
-        """Send a batch of request bodies through TorchServe's own Service.predict and read
-        back the reply frames exactly as the frontend would (`read_frames`): a frame the
-        frontend could not read raises FrameError, as it would cost a real worker its life."""
-        batch = [
-            {
-                "requestId": f"req-{i}".encode(),
-                "parameters": [{"name": "body", "value": body, "contentType": content_type}],
-                "headers": [],
-            }
-            for i, body in enumerate(bodies)
-        ]
+        """Send a batch of request bodies: bytes as they are, a str as text/plain, anything
+        else as JSON (what a client's json= sends)."""
+        return self.predict_raw([_as_request(body, content_type) for body in bodies])
+
+    def predict_raw(self, requests: list[tuple[str, bytes]]) -> list[Answer]:
+        """Send a batch of (content type, body bytes) the whole way a worker takes it: the
+        request frame as the frontend writes it, read by TorchServe's own protocol code,
+        TorchServe's own Service.predict, and the reply frames read back exactly as the
+        frontend would (`read_frames`). A frame the frontend could not read raises
+        FrameError: in a real server it costs the worker its life."""
+        _, batch = retrieve_msg(_Conn(request_frame(requests)))
         socket = _Recorder()
         self.service.cl_socket = socket  # where intermediate (streamed) replies go
         reply = self.service.predict(batch)
@@ -108,6 +109,41 @@ class LocalWorker:
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _as_request(body: Any, content_type: str) -> tuple[str, bytes]:
+    if isinstance(body, (bytes, bytearray)):
+        return content_type, bytes(body)
+    if isinstance(body, str):
+        return "text/plain", body.encode("utf-8", "surrogatepass")
+    return content_type, json.dumps(body).encode("utf-8")
+
+
+def request_frame(requests: list[tuple[str, bytes]]) -> bytes:
+    """An inference request frame as TorchServe's frontend writes it (ModelRequestEncoder at
+    v0.12.0): b"I", then per request its id, its headers and its one parameter, `body`."""
+
+    def blob(data: bytes) -> bytes:
+        return struct.pack("!i", len(data)) + data
+
+    end = struct.pack("!i", -1)
+    frame = bytearray(b"I")
+    for i, (content_type, body) in enumerate(requests):
+        frame += blob(f"req-{i}".encode())
+        frame += blob(b"content-type") + blob(content_type.encode()) + end
+        frame += blob(b"body") + blob(content_type.encode()) + blob(body) + end
+    return bytes(frame + end)
+
+
+class _Conn:
+    """A socket that yields one frame to TorchServe's reader."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def recv(self, n: int) -> bytes:
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
 
 
 class _Recorder:
