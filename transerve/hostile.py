@@ -12,7 +12,10 @@ import random
 from typing import Iterator
 
 JSON = "application/json"
-VALUES = [None, True, False, 0, -1, 1, 2**63, -(2**70), 10**400, 1.5, -0.0, 1e308, "x", "", [], {}, [1, "a"], {"a": 1}]
+# Non-ASCII in every value an error message may quote: each once killed the worker (issue 15).
+NON_ASCII = ["é", "🙂", "ünïcode", "\u2028", "a\u202eb", "ﷺ", "日本語"]
+VALUES = [None, True, False, 0, -1, 1, 2**63, -(2**70), 10**400, 1.5, -0.0, 1e308, "x", "", [], {}, [1, "a"], {"a": 1},
+          *NON_ASCII, ["é"], {"é": "🙂"}]
 PARAMETERS = ["max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "repetition_penalty", "stop", "seed",
               "truncate", "normalize", "top_k", "aggregation_strategy", "ignore_labels"]
 ODD_TEXT = ["\ud800", "a\udfffb", "\x00\x01\x02", "\u202e\u200b", "🙂" * 50, "\n\t\r", "\\", '"', "ﷺ" * 10]
@@ -45,8 +48,10 @@ def requests(seed: int, count: int, generation: bool = False) -> Iterator[tuple[
         lambda: (JSON, _dumps({"inputs": [rng.choice(VALUES) for _ in range(rng.randrange(1, 4))]}), "inputs items of wrong types"),
         lambda: (JSON, _dumps({"inputs": "x", "parameters": {**small, rng.choice(PARAMETERS): rng.choice(VALUES)}}),
                  "a parameter of a wrong type or out of range"),
-        lambda: (JSON, _dumps({"inputs": "x", "parameters": {**small, "p" + str(rng.randrange(100)): 1}}), "unknown parameter"),
-        lambda: (JSON, _dumps({"inputs": "x", rng.choice(["input", "text", "prompt", "Inputs"]): "y"}), "unknown top-level key"),
+        lambda: (JSON, _dumps({"inputs": "x", "parameters": {**small, rng.choice(["p", *NON_ASCII]) + str(rng.randrange(100)): 1}}),
+                 "unknown parameter"),
+        lambda: (JSON, _dumps({"inputs": "x", rng.choice(["input", "text", "prompt", "Inputs", "paramètres", *NON_ASCII]): "y"}),
+                 "unknown top-level key"),
         lambda: (JSON, _dumps({"inputs": "x", "parameters": rng.choice(VALUES[:8] + [[1]])}), "parameters not an object"),
         lambda: (JSON, _dumps(rng.choice(VALUES)), "body not an object"),
         lambda: (JSON, _dumps({"inputs": ["x"] * rng.choice([65, 1000])}), "too many inputs"),
@@ -54,9 +59,11 @@ def requests(seed: int, count: int, generation: bool = False) -> Iterator[tuple[
         lambda: (JSON, _dumps({"inputs": "x " * 3000, "parameters": {**small, "truncate": False}}), "over max_length, truncate off"),
         lambda: (JSON, _dumps({"inputs": [rng.choice(ODD_TEXT)], "parameters": small}), "odd Unicode (lone surrogates, controls)"),
         lambda: (JSON, _dumps({"messages": rng.choice([[], "hi", [{"role": "user"}], [{"role": 1, "content": "x"}],
-                                                      [{"role": "user", "content": "\ud800"}], [{"role": "assistant", "content": "x"}]]),
+                                                      [{"role": "user", "content": "\ud800"}], [{"role": "assistant", "content": "x"}],
+                                                      [{"role": rng.choice(NON_ASCII), "content": "x"}],
+                                                      [{"role": "user", "content": "x", rng.choice(NON_ASCII): 1}]]),
                                "parameters": small}), "malformed messages"),
-        lambda: (JSON, _dumps({"inputs": ["a", "b"], "stream": rng.choice([True, "yes", 1, None])}), "stream misused"),
+        lambda: (JSON, _dumps({"inputs": ["a", "b"], "stream": rng.choice([True, "yes", 1, None, *NON_ASCII])}), "stream misused"),
         lambda: ("application/x-www-form-urlencoded", b"inputs=hello&parameters=1", "form-encoded body"),
         lambda: ("text/plain", rng.choice([b"", b"   ", b"\xff\xfe", b"{not json", b"[1,2"]), "empty or broken text"),
         lambda: (JSON, b'{"inputs": "x", "parameters": {"top_p": NaN, "temperature": Infinity}}', "NaN and Infinity"),
@@ -64,3 +71,14 @@ def requests(seed: int, count: int, generation: bool = False) -> Iterator[tuple[
     for _ in range(count):
         content_type, body, what = rng.choice(shapes)()
         yield content_type, body, what
+
+
+# One request per field whose value a refusal quotes, with a non-ASCII value, and what the
+# error message must quote: (body, quoted). Each was a 500 "Worker died." before issue 15.
+NON_ASCII_REFUSALS = [
+    ({"inputs": "a", "parameters": {"truncate": "é"}}, "got 'é'"),  # a bad parameter value
+    ({"inputs": "a", "parameters": {"ünïcode": 1}}, "unknown key 'ünïcode'"),  # an unknown parameter
+    ({"inputs": "a", "paramètres": 1}, "unknown key 'paramètres'"),  # an unknown key
+    ({"inputs": "a", "stream": "🙂"}, "got '🙂'"),  # a bad stream value
+    ({"messages": [{"role": "ǘser", "content": "hi"}]}, "got 'ǘser'"),  # a bad messages entry
+]

@@ -134,3 +134,25 @@ def prometheus(torchserve, tmp_path_factory):
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def refuses_non_ascii(torchserve, management):
+    """check(model): each of transerve.hostile.NON_ASCII_REFUSALS gets a 400 whose JSON body
+    quotes the value and whose status line is ASCII, and the model's workers are the same
+    processes afterwards (issue 15: each of these once answered 500 "Worker died.")."""
+    from transerve.hostile import NON_ASCII_REFUSALS
+
+    def check(model: str) -> None:
+        url = f"{torchserve.url('inference')}/predictions/{model}"
+        key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
+        pids = sorted(w.pid for v in management.describe(model) for w in v.workers)
+        for body, quoted in NON_ASCII_REFUSALS:
+            answer = requests.post(url, json=body, headers=key, timeout=60)
+            assert answer.status_code == 400, (body, answer.status_code, answer.text)
+            assert quoted in answer.json()["message"], (body, answer.json())
+            assert answer.reason.isascii() and answer.reason.isprintable(), answer.reason
+        assert sorted(w.pid for v in management.describe(model) for w in v.workers) == pids, "a worker restarted"
+        assert requests.post(url, json={"inputs": "still answering"}, headers=key, timeout=120).status_code == 200
+
+    return check

@@ -146,6 +146,10 @@ def test_prometheus_counts_the_generated_tokens(torchserve, chat, prometheus):
     assert ttft >= 1
 
 
+def test_non_ascii_in_a_refused_field_gets_its_4xx_and_the_worker_lives(chat, refuses_non_ascii):
+    refuses_non_ascii(NAME)
+
+
 def test_the_worker_never_restarted(management, chat):
     """Last in this module: the worker that answered everything above is the one registered."""
     [now] = management.describe(NAME)

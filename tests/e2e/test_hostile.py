@@ -84,6 +84,10 @@ def test_fuzz_gets_4xx_only_and_good_requests_their_answers(torchserve, minilm_r
     assert worker_pids(management) == pids, "the worker restarted during the fuzz"
 
 
+def test_non_ascii_in_a_refused_field_gets_its_4xx_and_the_worker_lives(minilm_registered, refuses_non_ascii):
+    refuses_non_ascii(NAME)
+
+
 def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, minilm_registered, management):
     url = f"{torchserve.url('inference')}/predictions/{NAME}"
     key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
