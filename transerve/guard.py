@@ -1,13 +1,16 @@
-"""A guard in front of TorchServe's management API: registration from the model store only.
+"""A guard in front of TorchServe's management APIs: registration from the model store only.
 
 TorchServe 0.12 applies `allowed_urls` to URLs only: a directory path given as the `url`
-of POST /models is loaded from anywhere on the machine, handler code included. The guard
-listens on the management address the operator configured, passes every call through to
-TorchServe's management API on a private loopback port, and refuses a registration whose
-`url` is not an archive in the model store (`NAME.mar` or `file://<store>/NAME.mar`).
-Authorization is still TorchServe's: the guard forwards the Authorization header as it is.
+of a registration is loaded from anywhere on the machine, handler code included, over
+REST (POST /models) and over gRPC (ManagementAPIsService/RegisterModel) alike, and no
+setting turns either API off while registration is wanted. The guard listens on the
+management addresses the operator configured, passes every call through to TorchServe's
+own on private loopback ports, and refuses a registration whose `url` is not an archive
+in the model store (`NAME.mar` or `file://<store>/NAME.mar`). Authorization is still
+TorchServe's: the guard forwards the key as it is.
 
-    python -m transerve.guard --listen 127.0.0.1:8081 --upstream http://127.0.0.1:PORT --store DIR
+    python -m transerve.guard --listen 127.0.0.1:8081 --upstream http://127.0.0.1:PORT --store DIR \
+        [--grpc-listen 127.0.0.1:7071 --grpc-upstream 127.0.0.1:PORT]
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ def allowed(url: str, store: Path) -> bool:
     return re.fullmatch(r"[\w.-]+\.mar", url) is not None and ".." not in url
 
 
+def refusal_message(url: str) -> str:
+    return (f"registration refused by transerve's guard: {url!r} is not an archive in the model store; "
+            "register archives by their file name (NAME-VERSION.mar)")
+
+
 def refusal(url: str) -> dict:
-    return {
-        "code": 400, "type": "RegistrationRefused",
-        "message": f"registration refused by transerve's guard: {url!r} is not an archive in the model store; "
-                   "register archives by their file name (NAME-VERSION.mar)",
-    }
+    return {"code": 400, "type": "RegistrationRefused", "message": refusal_message(url)}
 
 
 def make_handler(upstream: str, store: Path, timeout: float):
@@ -85,15 +89,65 @@ def make_handler(upstream: str, store: Path, timeout: float):
     return Guard
 
 
+def grpc_guard(listen: str, upstream: str, store: Path, timeout: float):
+    """A gRPC server on `listen` passing every management call to `upstream` as bytes, but a
+    RegisterModel whose url is not an archive in the store (refused with PERMISSION_DENIED)."""
+    import grpc
+
+    from transerve import protos
+
+    management = protos.load("management")
+    register = management.method("RegisterModel")
+    channel = grpc.insecure_channel(upstream)
+
+    def forward(method: str):
+        call = channel.unary_unary(method)  # no (de)serializers: the bytes pass as they came
+
+        def handle(request: bytes, context):
+            if method == register:
+                try:
+                    url = management.pb2.RegisterModelRequest.FromString(request).url
+                except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a RegisterModelRequest")
+                if not allowed(url, store):
+                    sys.stderr.write(f"guard: gRPC RegisterModel refused: {url!r}\n")
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal_message(url))
+            metadata = [(k, v) for k, v in context.invocation_metadata() if k == "authorization"]
+            try:
+                return call(request, metadata=metadata, timeout=timeout)
+            except grpc.RpcError as e:
+                context.abort(e.code(), e.details() or "")
+
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+    class Forward(grpc.GenericRpcHandler):
+        def service(self, details):
+            return forward(details.method)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=8), handlers=[Forward()])
+    if server.add_insecure_port(listen) == 0:
+        raise OSError(f"the gRPC guard cannot listen on {listen}")
+    return server
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", required=True, help="host:port the operator's clients call")
     parser.add_argument("--upstream", required=True, help="TorchServe's own management URL")
     parser.add_argument("--store", required=True, help="the model store registrations must come from")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for TorchServe (registrations load models)")
+    parser.add_argument("--grpc-listen", help="host:port gRPC management clients call")
+    parser.add_argument("--grpc-upstream", help="host:port of TorchServe's own gRPC management API")
     args = parser.parse_args(argv)
+    store = Path(args.store).resolve()
+    if args.grpc_listen:
+        grpc_server = grpc_guard(args.grpc_listen, args.grpc_upstream, store, args.timeout)
+        grpc_server.start()
+        print(f"guard: gRPC {args.grpc_listen} -> {args.grpc_upstream}, registrations from {args.store} only", flush=True)
     host, port = args.listen.rsplit(":", 1)
-    server = ThreadingHTTPServer((host, int(port)), make_handler(args.upstream, Path(args.store).resolve(), args.timeout))
+    server = ThreadingHTTPServer((host, int(port)), make_handler(args.upstream, store, args.timeout))
     server.daemon_threads = True
     print(f"guard: {args.listen} -> {args.upstream}, registrations from {args.store} only", flush=True)
     server.serve_forever()

@@ -89,8 +89,13 @@ class Server:
             **self.overrides,
         }
         self.management_address = self.properties["management_address"]
-        if self.guard:  # TorchServe's own management API moves to a private loopback port
-            self.properties["management_address"] = f"http://127.0.0.1:{free_ports(1)[0]}"
+        self.grpc_management_address = (f"{self.properties.get('grpc_management_address', '127.0.0.1')}:"
+                                         f"{self.properties.get('grpc_management_port', '7071')}")
+        if self.guard:  # TorchServe's own management APIs move to private loopback ports
+            rest, grpc = free_ports(2)
+            self.properties["management_address"] = f"http://127.0.0.1:{rest}"
+            self.properties["grpc_management_address"] = "127.0.0.1"
+            self.properties["grpc_management_port"] = str(grpc)
 
     @property
     def config_file(self) -> Path:
@@ -167,22 +172,26 @@ class Server:
 
     def start_guard(self, timeout: float = 20) -> None:
         listen = self.management_address.split("://", 1)[1]
+        grpc_upstream = f"127.0.0.1:{self.properties['grpc_management_port']}"
         command = [sys.executable, "-m", "transerve.guard", "--listen", listen,
-                   "--upstream", self.properties["management_address"], "--store", str(self.model_store)]
+                   "--upstream", self.properties["management_address"], "--store", str(self.model_store),
+                   "--grpc-listen", self.grpc_management_address, "--grpc-upstream", grpc_upstream]
         with open(self.log_dir / "guard.log", "ab") as out:
             process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.guard_file.write_text(json.dumps({"pid": process.pid, "listen": self.management_address,
-                                               "upstream": self.properties["management_address"]}))
-        host, port = listen.rsplit(":", 1)
+                                               "upstream": self.properties["management_address"],
+                                               "grpc_listen": self.grpc_management_address, "grpc_upstream": grpc_upstream}))
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection((host, int(port)), timeout=1).close()
-                return
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise ServerError(f"the management guard did not start; see {self.log_dir}/guard.log") from None
-                time.sleep(0.1)
+        for address in (listen, self.grpc_management_address):
+            host, port = address.rsplit(":", 1)
+            while True:
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise ServerError(f"the management guard did not start; see {self.log_dir}/guard.log") from None
+                    time.sleep(0.1)
 
     def wait_healthy(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

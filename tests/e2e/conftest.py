@@ -156,3 +156,40 @@ def refuses_non_ascii(torchserve, management):
         assert requests.post(url, json={"inputs": "still answering"}, headers=key, timeout=120).status_code == 200
 
     return check
+
+
+@pytest.fixture
+def booby_trapped(store, tmp_path):
+    """(directory, marker): a model directory outside the model store, minilm-embed 1.1 whose
+    handler writes the marker file when a worker imports it; the marker must never appear."""
+    import zipfile
+
+    outside, marker = tmp_path / "outside-model", tmp_path / "handler-ran"
+    with zipfile.ZipFile(store / "minilm-embed-1.1.mar") as z:
+        z.extractall(outside)
+    handler = outside / "handler.py"
+    handler.write_text(handler.read_text() + f"\nopen({str(marker)!r}, 'w').write('imported')\n")
+    return outside, marker
+
+
+def grpc_register(address: str, url: str, key: str | None, name: str = "trap"):
+    """RegisterModel over TorchServe's gRPC management API at address (host:port), synchronous,
+    one worker: the ManagementResponse, or the grpc.RpcError it was refused with."""
+    import grpc
+
+    from transerve import protos
+
+    management = protos.load("management")
+    metadata = [("authorization", f"Bearer {key}")] if key else []
+    with grpc.insecure_channel(address) as channel:
+        stub = management.grpc.ManagementAPIsServiceStub(channel)
+        request = management.pb2.RegisterModelRequest(url=url, model_name=name, initial_workers=1, synchronous=True)
+        try:
+            return stub.RegisterModel(request, metadata=metadata, timeout=120)
+        except grpc.RpcError as e:
+            return e
+
+
+@pytest.fixture(scope="session")
+def register_over_grpc():
+    return grpc_register

@@ -56,7 +56,7 @@ def loopback_config(source: Path, dest: Path) -> dict[str, int]:
     text = re.sub(r"^grpc_inference_port=.*$", f"grpc_inference_port={grpc_i}", text, flags=re.M)
     text = re.sub(r"^grpc_management_port=.*$", f"grpc_management_port={grpc_m}", text, flags=re.M)
     dest.write_text(text)
-    return ports
+    return {**ports, "grpc_management": grpc_m}
 
 
 def wait_until(predicate, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
@@ -79,7 +79,20 @@ def image_store(store, tmp_path) -> Path:
     return path
 
 
-def test_the_entrypoint_serves_the_named_model_and_stops_on_sigterm(image_store, tmp_path):
+def assert_model_api_off_over_grpc(address: str, key: str | None, booby_trapped, register_over_grpc) -> None:
+    """gRPC registration of a directory outside the store: TorchServe refuses it (the model API is
+    off in the image's and the KServe export's config), and its handler never runs."""
+    import grpc
+
+    outside, marker = booby_trapped
+    refused = register_over_grpc(address, str(outside), key)
+    assert isinstance(refused, grpc.RpcError), refused
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and "Model API disabled" in refused.details()
+    time.sleep(2)
+    assert not marker.exists()
+
+
+def test_the_entrypoint_serves_the_named_model_and_stops_on_sigterm(image_store, tmp_path, booby_trapped, register_over_grpc):
     config = tmp_path / "config.properties"
     ports = loopback_config(REPO / "deploy" / "docker" / "config.properties", config)
     home = tmp_path / "home"
@@ -119,6 +132,8 @@ def test_the_entrypoint_serves_the_named_model_and_stops_on_sigterm(image_store,
         registered = requests.post(f"{management}/models", params={"url": "minilm-embed-1.0.mar"}, headers=mkey, timeout=10)
         assert registered.status_code == 405, registered.text
         assert registered.json()["type"] == "MethodNotAllowedException"
+        assert_model_api_off_over_grpc(f"127.0.0.1:{ports['grpc_management']}", keys["management"]["key"],
+                                       booby_trapped, register_over_grpc)
 
         metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).text
         assert 'transerve_requests_total{' in metrics
@@ -164,7 +179,8 @@ def test_the_entrypoint_refuses_what_it_cannot_serve(image_store, tmp_path, mode
     assert frontend_pid(tmp_path) is None  # nothing was started
 
 
-def test_the_kserve_export_is_served_as_kserves_torchserve_runtime_starts_it(store, tmp_path):
+def test_the_kserve_export_is_served_as_kserves_torchserve_runtime_starts_it(store, tmp_path, booby_trapped,
+                                                                              register_over_grpc):
     out = tmp_path / "export"
     done = subprocess.run(
         [str(VENV_BIN / "transerve"), "--model-store", str(store), "export", "kserve", "minilm-embed", "1.1",
@@ -223,6 +239,8 @@ def test_the_kserve_export_is_served_as_kserves_torchserve_runtime_starts_it(sto
         assert bad.status_code == 400 and "'instances' is an empty list" in bad.json()["message"]
         scraped = requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
         assert 'transerve_requests_total{' in scraped and 'model_version="1.1"' in scraped
+        # No key in the pod (token authorization off): the model API being off is what refuses.
+        assert_model_api_off_over_grpc(f"127.0.0.1:{grpc_m}", None, booby_trapped, register_over_grpc)
     finally:
         pid = frontend_pid(tmp_path)
         family = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))] if pid else []
