@@ -114,6 +114,7 @@ class TransformersHandler(BaseHandler):
         # Counted per batch, not per request: each emit is a line the frontend parses.
         outcomes: Counter[tuple] = Counter()
         for idx, item in enumerate(items):
+            self.end_grpc_stream(idx)
             error = item if isinstance(item, InputError) else item.error
             if error is not None:
                 self.context.set_response_status(error.status, error.phrase, idx)
@@ -135,6 +136,20 @@ class TransformersHandler(BaseHandler):
             self.metrics.emit("transerve_inputs_total", inputs)
         self.metrics.emit("transerve_postprocess_seconds", time.perf_counter() - started)
         return answers
+
+    def end_grpc_stream(self, idx: int) -> None:
+        """Mark the last reply to a gRPC request as the end of its stream.
+
+        TorchServe 0.12's frontend answers a gRPC StreamPredictions call with whatever the worker
+        sends and reads its `ts_stream_next` header to know when to close the stream; a reply
+        without one (any answer that was not streamed, any 4xx) throws in GRPCJob.response and
+        the worker is restarted. A REST reply must not carry it unless chunks went before (the
+        frontend would then send no status line), so it is set only where the request came
+        over gRPC: the one kind of request with no HTTP headers, only its input parameters.
+        """
+        properties = self.context.request_processor[idx].get_request_properties()
+        if not any(isinstance(value, str) for value in properties.values()):
+            self.context.set_response_header(idx, "ts_stream_next", "false")
 
     def send_chunk(self, idx: int, chunk: str) -> None:
         """Stream one chunk to request `idx` of this batch now, as a chunked HTTP response part."""

@@ -35,6 +35,7 @@ class Answer:
     body: Any  # parsed JSON when the handler sent JSON, else the raw value
     phrase: str = ""
     chunks: list = field(default_factory=list)  # streamed parts sent before the body, as sent
+    headers: dict = field(default_factory=dict)  # the reply's headers to the frontend
 
     def json(self) -> Any:
         return self.body
@@ -79,13 +80,14 @@ class LocalWorker:
         else as JSON (what a client's json= sends)."""
         return self.predict_raw([_as_request(body, content_type) for body in bodies])
 
-    def predict_raw(self, requests: list[tuple[str, bytes]]) -> list[Answer]:
+    def predict_raw(self, requests: list[tuple[str, bytes]], grpc: bool = False) -> list[Answer]:
         """Send a batch of (content type, body bytes) the whole way a worker takes it: the
         request frame as the frontend writes it, read by TorchServe's own protocol code,
         TorchServe's own Service.predict, and the reply frames read back exactly as the
         frontend would (`read_frames`). A frame the frontend could not read raises
-        FrameError: in a real server it costs the worker its life."""
-        _, batch = retrieve_msg(_Conn(request_frame(requests)))
+        FrameError: in a real server it costs the worker its life. With `grpc`, the requests
+        come as TorchServe's gRPC API sends them: the input parameter alone, no HTTP headers."""
+        _, batch = retrieve_msg(_Conn(request_frame(requests, http_headers=not grpc)))
         socket = _Recorder()
         self.service.cl_socket = socket  # where intermediate (streamed) replies go
         reply = self.service.predict(batch)
@@ -103,7 +105,7 @@ class LocalWorker:
                 body = json.loads(text)
             except ValueError:
                 body = text
-            answers.append(Answer(part.status, body, part.phrase, streamed.get(part.request_id, [])))
+            answers.append(Answer(part.status, body, part.phrase, streamed.get(part.request_id, []), part.headers))
         return answers
 
     def close(self) -> None:
@@ -119,9 +121,10 @@ def _as_request(body: Any, content_type: str) -> tuple[str, bytes]:
     return content_type, json.dumps(body).encode("utf-8")
 
 
-def request_frame(requests: list[tuple[str, bytes]]) -> bytes:
+def request_frame(requests: list[tuple[str, bytes]], http_headers: bool = True) -> bytes:
     """An inference request frame as TorchServe's frontend writes it (ModelRequestEncoder at
-    v0.12.0): b"I", then per request its id, its headers and its one parameter, `body`."""
+    v0.12.0): b"I", then per request its id, its headers (a REST request's HTTP headers; none
+    for gRPC) and its one parameter, `body`."""
 
     def blob(data: bytes) -> bytes:
         return struct.pack("!i", len(data)) + data
@@ -130,7 +133,11 @@ def request_frame(requests: list[tuple[str, bytes]]) -> bytes:
     frame = bytearray(b"I")
     for i, (content_type, body) in enumerate(requests):
         frame += blob(f"req-{i}".encode())
-        frame += blob(b"content-type") + blob(content_type.encode()) + end
+        if http_headers:
+            frame += blob(b"content-type") + blob(content_type.encode())
+        else:  # a gRPC input carries no content type
+            content_type = ""
+        frame += end
         frame += blob(b"body") + blob(content_type.encode()) + blob(body) + end
     return bytes(frame + end)
 

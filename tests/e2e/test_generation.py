@@ -95,6 +95,41 @@ def test_streaming_sends_chunks_as_they_are_generated(torchserve, chat):
     assert chunks[-1]["details"] == plain["details"]
 
 
+def grpc_stream(torchserve, body, timeout=120):
+    """StreamPredictions with TorchServe's own protos: the parts, decoded."""
+    import grpc
+
+    from transerve import protos
+
+    inference = protos.load("inference")
+    with grpc.insecure_channel(f"127.0.0.1:{torchserve.properties['grpc_inference_port']}") as channel:
+        stub = inference.grpc.InferenceAPIsServiceStub(channel)
+        request = inference.pb2.PredictionsRequest(model_name=NAME, input={"body": json.dumps(body).encode()})
+        key = [("authorization", f"Bearer {torchserve.keys()['inference']}")]
+        return [part.prediction.decode() for part in stub.StreamPredictions(request, metadata=key, timeout=timeout)]
+
+
+def test_grpc_stream_predictions_stream_the_same_text(torchserve, chat):
+    body = {"inputs": "The three primary colours are", "parameters": {"max_new_tokens": 24}}
+    plain = post(torchserve, body).json()
+    parts = grpc_stream(torchserve, {**body, "stream": True})
+    chunks = [json.loads(line) for part in parts for line in part.splitlines() if line]
+    assert len(parts) > 3
+    assert "".join(c["text"] for c in chunks) == plain["generated_text"]
+    assert chunks[-1]["details"] == plain["details"]
+
+
+@pytest.mark.parametrize("body, key", [
+    ({"inputs": "Hi", "parameters": {"max_new_tokens": 4}}, "generated_text"),  # not streamed
+    ({"inputs": "Hi", "parameters": {"max_new_tokens": 1}, "stream": True}, "details"),  # done before a chunk
+    ({"inputs": "Hi", "parameters": {"temperature": "é"}, "stream": True}, "message"),  # refused
+], ids=["plain", "one-token-stream", "refused"])
+def test_grpc_stream_predictions_of_a_one_reply_answer_end_the_stream(torchserve, chat, body, key):
+    """Each of these killed the worker before transerve ended every gRPC reply's stream."""
+    [part] = grpc_stream(torchserve, body)
+    assert key in json.loads(part)
+
+
 def test_a_stream_and_plain_requests_share_a_batch(torchserve, chat):
     stream_body = {"inputs": "The history of the internet began", "parameters": {"max_new_tokens": 40}, "stream": True}
     plain_body = {"inputs": "The history of the internet began", "parameters": {"max_new_tokens": 40}}

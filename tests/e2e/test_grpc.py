@@ -73,6 +73,21 @@ def test_a_refused_request_is_status_ok_with_the_error_body(torchserve, minilm_r
     assert [w.pid for v in management.describe(NAME) for w in v.workers] == pids
 
 
+@pytest.mark.parametrize("body", [{"inputs": ["one answer", "in one reply"]}, NON_ASCII_REFUSALS[0][0], {"inputs": "a", "stream": True}],
+                         ids=["answer", "refused", "stream-refused"])
+def test_stream_predictions_of_a_one_reply_answer_end_the_stream(torchserve, minilm_registered, inference_stub,
+                                                                  management, body):
+    """Before transerve ended every gRPC reply's stream, each of these killed the worker
+    (NullPointerException in TorchServe's GRPCJob.response, "Worker died.")."""
+    pids = [w.pid for v in management.describe(NAME) for w in v.workers]
+    request = protos.load("inference").pb2.PredictionsRequest(model_name=NAME, input={"body": json.dumps(body).encode()})
+    parts = list(inference_stub.StreamPredictions(request, metadata=bearer(torchserve, "inference"), timeout=60))
+    assert len(parts) == 1
+    answer = json.loads(parts[0].prediction)
+    assert "embeddings" in answer or answer["type"] == "InputError", answer
+    assert [w.pid for v in management.describe(NAME) for w in v.workers] == pids
+
+
 def test_management_lists_models_through_the_guard(torchserve, minilm_registered, management_stub):
     pb2 = protos.load("management").pb2
     answer = management_stub.ListModels(pb2.ListModelsRequest(limit=100), metadata=bearer(torchserve, "management"), timeout=30)

@@ -6,7 +6,8 @@ UTF-8 JSON with raw surrogates, as text or as bytes, in batches with one good re
 They go through TorchServe's own request reader, Service.predict and response encoder
 (`transerve.inprocess.LocalWorker.predict_raw`), and the reply frames are read as the
 frontend reads them. Every answer must be a 2xx or a 4xx with a JSON error body, every
-frame readable (an unreadable one restarts a real worker), the good request answered.
+frame readable (an unreadable one restarts a real worker), the good request answered,
+and a gRPC request's last reply must end its stream (or StreamPredictions kills the worker).
 
 The failures this has found are kept as explicit cases in test_regressions_answer_4xx.
 """
@@ -112,12 +113,18 @@ def worker(request, minilm, tiny_bert, tmp_path_factory):
     worker.close()
 
 
-def check(answers, sent) -> None:
+def check(answers, sent, grpc: bool) -> None:
     for answer, (content_type, body) in zip(answers, sent):
         assert answer.status == 200 or 400 <= answer.status < 500, (answer, content_type, body)
         if answer.status != 200:
             assert isinstance(answer.body, dict) and answer.body["code"] == answer.status, answer
             assert answer.body["message"], answer
+        # gRPC: the last reply ends the stream (without it StreamPredictions kills the worker);
+        # REST: a reply that was not streamed carries no stream header (else no status line)
+        if grpc:
+            assert answer.headers.get("ts_stream_next") == "false", answer
+        elif not answer.chunks:
+            assert "ts_stream_next" not in answer.headers, answer
     assert answers[-1].status == 200, answers[-1]  # the good request of the batch
 
 
@@ -125,10 +132,10 @@ def test_generated_bodies_get_2xx_or_4xx_and_readable_frames(worker):
     task, local = worker
 
     @settings(max_examples=EXAMPLES, suppress_health_check=list(HealthCheck))
-    @given(batch=st.lists(requests(task), min_size=1, max_size=3))
-    def run(batch):
+    @given(batch=st.lists(requests(task), min_size=1, max_size=3), grpc=st.booleans())
+    def run(batch, grpc):
         sent = [*batch, ("application/json", json.dumps(GOOD).encode())]
-        check(local.predict_raw(sent), sent)
+        check(local.predict_raw(sent, grpc=grpc), sent, grpc)
 
     run()
     [after] = local.predict([GOOD])  # the same worker object still answers
