@@ -7,7 +7,8 @@ per machine), registers both default models, and runs clients that mix embedding
 requests (short and long), generation (plain, chat, sampled, streamed) and a share of
 bad requests (which must get their 4xx). Writes bench/results/soak.json.
 Goals: 0 failures (a failure is a 5xx, a dropped connection, or a bad request not
-refused), memory growth under 10 %.
+refused); RSS of the frontend and of the workers growing under 10 % from the first minute
+(reported beside the growth from the start).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import tempfile
 import threading
 import time
@@ -26,7 +28,7 @@ import requests
 
 from transerve import archive
 from transerve.management import InferenceClient, ManagementClient, key_reader
-from transerve.server import Server, free_ports, running_pid
+from transerve.server import CONFIG_TEMPLATE, Server, free_ports, read_properties, running_pid
 from transerve.spec import find_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,12 +56,22 @@ def memory(server_pid: int) -> dict:
     }
 
 
+def heap_after_gc(gc_log: Path) -> dict:
+    """The JVM heap still in use after each collection (-Xlog:gc lines `... 76M->42M(247M) ...`)."""
+    found = [(int(after), int(size)) for after, size in
+             re.findall(r"\d+M->(\d+)M\((\d+)M\)", gc_log.read_text() if gc_log.exists() else "")]
+    if not found:
+        return {"collections": 0}
+    return {"collections": len(found), "max_live_mb": max(a for a, _ in found), "last_live_mb": found[-1][0],
+            "heap_mb": found[-1][1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--vmargs", help="JVM options for TorchServe's frontend, e.g. -Xmx256m (default: the config's)")
+    parser.add_argument("--vmargs", help="JVM options for TorchServe's frontend (default: config.properties' vmargs)")
     parser.add_argument("--out", default="soak.json", help="file name under bench/results/")
     args = parser.parse_args()
     if running_pid() is not None:
@@ -71,10 +83,13 @@ def main() -> None:
         archive.build(mv, store, refuse_tampered=True)
     ports = free_ports(5)
     run_dir = Path(tempfile.mkdtemp(prefix="transerve-soak-"))
+    # The JVM logs each collection: the heap still live after it is what the bound must hold.
+    gc_log = run_dir / "logs" / "gc.log"
+    vmargs = f"{args.vmargs or read_properties(CONFIG_TEMPLATE).get('vmargs', '')} -Xlog:gc:file={gc_log}".strip()
     server = Server(model_store=store, run_dir=run_dir, overrides={
         "inference_address": f"http://127.0.0.1:{ports[0]}", "management_address": f"http://127.0.0.1:{ports[1]}",
         "metrics_address": f"http://127.0.0.1:{ports[2]}", "grpc_inference_port": str(ports[3]),
-        "grpc_management_port": str(ports[4]), **({"vmargs": args.vmargs} if args.vmargs else {}),
+        "grpc_management_port": str(ports[4]), "vmargs": vmargs,
     })
     server.start()
     try:
@@ -137,17 +152,19 @@ def main() -> None:
         return {k: round(100 * (end_memory[k] - first[k]) / first[k], 1) for k in ("frontend_mb", "workers_mb")}
 
     growth = growth_from(start_memory)
-    # After the first two minutes: the JVM and the allocators have sized themselves by then.
-    warm = next((s for s in samples if s["t"] >= 120), start_memory)
+    # From the first minute: the goal is < 10 % from there (issue 15), with the bounded heap
+    # of config.properties (vmargs) the JVM has no heap left to size by then.
+    first_minute = next((s for s in samples if s["t"] >= 60), start_memory)
     p = lambda xs, q: round(sorted(xs)[int(q * (len(xs) - 1))] * 1000, 1)  # noqa: E731
     result = {
         "minutes": args.minutes, "clients": args.clients, "requests": sum(outcomes.values()), "failures": len(failures),
         "failure_samples": failures[:10],
         "by_model_and_status": {f"{m} {s}": n for (m, s), n in sorted(outcomes.items())},
         "latency_ms": {m: {"p50": p(xs, 0.5), "p99": p(xs, 0.99)} for m, xs in latencies.items()},
-        "vmargs": args.vmargs or "(config.properties)",
+        "vmargs": server.properties.get("vmargs", "(JVM defaults)"),
         "memory_start": start_memory, "memory_end": end_memory, "memory_growth_percent": growth,
-        "memory_at_2_minutes": warm, "memory_growth_after_2_minutes_percent": growth_from(warm),
+        "memory_at_1_minute": first_minute, "memory_growth_from_1_minute_percent": growth_from(first_minute),
+        "jvm_heap_after_gc": heap_after_gc(gc_log),
         "memory_samples": samples,
     }
     RESULTS.mkdir(exist_ok=True)

@@ -25,6 +25,7 @@ import yaml
 
 from transerve import archive
 from transerve.metrics_config import render as render_metrics_config
+from transerve.server import CONFIG_TEMPLATE, read_properties
 from transerve.spec import ModelVersion
 
 KSERVE_ROOT = "/mnt/models"  # where KServe's storage initializer puts storageUri
@@ -102,6 +103,8 @@ def kserve_properties(mv: ModelVersion, gpus: int = 0) -> str:
         f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}",
         "max_request_size=6553600",
         "max_response_size=6553600",
+        # the frontend's bounded heap, as transerve serves (config.properties)
+        f"vmargs={read_properties(CONFIG_TEMPLATE)['vmargs']}",
     ]
     if gpus:
         lines.append(f"number_of_gpu={gpus}")

@@ -31,3 +31,19 @@ def test_keys_are_empty_while_the_key_file_is_missing_or_half_written(tmp_path):
     assert server.keys() == {}
     server.key_file.write_text(json.dumps({"management": {"key": "m"}, "inference": {"key": "i"}, "API": {"key": "a"}}))
     assert server.keys() == {"management": "m", "inference": "i", "API": "a"}
+
+
+def test_every_deployment_bounds_the_frontend_heap_alike(tmp_path):
+    """transerve serve, the image and the KServe export run the frontend on one bounded heap
+    (the soak's measurement sizes it: config.properties)."""
+    from transerve.deploy import kserve_properties
+    from transerve.server import CONFIG_TEMPLATE
+    from transerve.spec import REPO, find_spec
+
+    vmargs = read_properties(CONFIG_TEMPLATE)["vmargs"]
+    assert "-Xmx" in vmargs and "-Xms" in vmargs
+    assert read_properties(REPO / "deploy" / "docker" / "config.properties")["vmargs"] == vmargs
+    exported = tmp_path / "kserve.properties"
+    exported.write_text(kserve_properties(find_spec("minilm-embed").version()))
+    assert read_properties(exported)["vmargs"] == vmargs
+    assert read_properties(Server(model_store=tmp_path, run_dir=tmp_path).write_config())["vmargs"] == vmargs
