@@ -91,6 +91,9 @@ def cmd_serve(args) -> int:
         f"inference   {server.url('inference')}/predictions/<model>\n"
         f"management  {server.url('management')}/models\n"
         f"metrics     {server.url('metrics')}/metrics\n"
+        f"gRPC        {server.properties.get('grpc_inference_address', '127.0.0.1')}:"
+        f"{server.properties.get('grpc_inference_port', '7070')} (inference), "
+        f"{server.grpc_management_address} (management)\n"
         f"keys        {server.key_file} (send 'Authorization: Bearer <key>'; "
         "inference key for predictions, management key for /models)"
     )

@@ -27,7 +27,7 @@ from transerve.inprocess import LocalWorker
 from transerve.spec import find_spec
 
 # Per task; `make test` runs the four with a fixed seed in CI (tests/conftest.py).
-EXAMPLES = 300
+EXAMPLES = 600
 
 ODD = ["é", "🙂", "\ud800", "\udfff", "\x00", "\n", "\r", "\x7f", "\u202e", "ﷺ", '"', "\\", "\u2028", "\ufeff"]
 char = st.one_of(st.characters(codec=None, exclude_categories=()), st.sampled_from(ODD))
