@@ -1,15 +1,10 @@
 """Text generation: AutoModelForCausalLM, chat templates, sampling, stop strings, streaming.
 
-A TorchServe batch is generated together, not one request after another: the prompts
-are left-padded into one batch and decoded a token at a time over one KV cache. Each
-row keeps its own parameters (budget, temperature, top_k, top_p, repetition penalty),
-its own random generator (so a seed gives the same text whatever else is in the batch)
-and its own stop strings, and leaves the batch as soon as it is finished, so the rest
-run on a smaller batch.
-
-The token choice is the one `model.generate` makes: repetition penalty, then
-temperature, top_k and top_p, then argmax (greedy) or one draw (sampling). Unset
-parameters take the model's generation_config, as `generate` does.
+A TorchServe batch is generated together, not one request after another: its prompts
+become rows of one decoder (handlers/tasks/decoding.py), decoded a token at a time over
+one KV cache, each with its own parameters, seed and stop strings; a finished row leaves
+the batch, so the rest run on a smaller batch. Unset parameters take the model's
+generation_config, as `generate` does.
 """
 
 from __future__ import annotations
@@ -18,15 +13,16 @@ import dataclasses
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import AutoModelForCausalLM
 
 from handlers.config import HandlerConfig, short
 from handlers.payload import InputError, Payload
 from handlers.tasks.base import Item, Task, Usage, load_pretrained, load_tokenizer, model_max_length
+from handlers.tasks.decoding import Decoder, Row
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
@@ -65,37 +61,6 @@ class GenerationParams:
         for s in stops:
             if not isinstance(s, str) or not 0 < len(s) <= MAX_STOP_CHARS:
                 yield "stop", f"each stop must be a string of 1 to {MAX_STOP_CHARS} characters, got {short(s)}"
-
-
-@dataclass
-class Row:
-    """One prompt being generated, with everything that decides its tokens and its end."""
-
-    item: Item
-    prompt: list[int]
-    max_new: int
-    sample: bool
-    temperature: float
-    top_k: int  # 0: no top-k filter
-    top_p: float
-    repetition_penalty: float
-    stops: list[str]
-    seed: int | None
-    generator: torch.Generator | None
-    stream: bool
-    ignore_eos: bool = False
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    sent: int = 0  # characters of text already streamed
-    finish: str | None = None
-    first_token_at: float = 0.0  # perf_counter() times, for the metrics
-    finished_at: float = 0.0
-
-    def details(self) -> dict:
-        details = {"finish_reason": self.finish, "prompt_tokens": len(self.prompt), "generated_tokens": len(self.tokens)}
-        if self.sample:
-            details["seed"] = self.seed
-        return details
 
 
 @dataclass
@@ -214,91 +179,13 @@ class GenerationTask(Task):
         )
 
     def forward(self, batch: Prompts) -> list:
+        """Static batching: every row admitted at once and decoded to its end."""
         batch.started_at = time.perf_counter()
-        rows = batch.rows
-        width = max(len(r.prompt) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        seen = torch.zeros((len(rows), self.model.config.vocab_size), dtype=torch.bool)
-        for i, r in enumerate(rows):  # left padding: every row's next token is at the end
-            ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
-            mask[i, width - len(r.prompt):] = 1
-            seen[i, r.prompt] = True
-        ids, mask, seen = ids.to(self.device), mask.to(self.device), seen.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1,
-        ).logits[:, -1, :].float()
-        active = list(rows)
-        while True:
-            chosen = self.choose(logits, active, seen)
-            seen[torch.arange(len(active), device=self.device), chosen] = True
-            keep = [i for i, (r, token) in enumerate(zip(active, chosen.tolist())) if not self.step(r, token)]
-            if not keep:
-                break
-            if len(keep) < len(active):  # finished rows leave the batch and the cache
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                active = [active[i] for i in keep]
-                chosen, mask, seen = chosen[index], mask[index], seen[index]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            logits = self.model(
-                input_ids=chosen[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                cache=cache, use_cache=True, logits_to_keep=1,
-            ).logits[:, -1, :].float()
-        return rows
-
-    def choose(self, logits: torch.Tensor, rows: list[Row], seen: torch.Tensor) -> torch.Tensor:
-        """The next token of every row, as generate's logits processors would pick it."""
-        penalties = torch.tensor([r.repetition_penalty for r in rows], device=logits.device)[:, None]
-        if (penalties != 1.0).any():
-            penalized = torch.where(logits < 0, logits * penalties, logits / penalties)
-            logits = torch.where(seen, penalized, logits)
-        chosen = logits.argmax(-1)
-        sampled = [i for i, r in enumerate(rows) if r.sample]
-        if not sampled:
-            return chosen
-        part = [rows[i] for i in sampled]
-        scaled = logits[sampled] / torch.tensor([r.temperature for r in part], device=logits.device)[:, None]
-        ordered, order = scaled.sort(dim=-1, descending=True)
-        rank = torch.arange(scaled.shape[-1], device=logits.device)[None, :]
-        top_k = torch.tensor([r.top_k or scaled.shape[-1] for r in part], device=logits.device)[:, None]
-        ordered = ordered.masked_fill(rank >= top_k, float("-inf"))
-        top_p = torch.tensor([r.top_p for r in part], device=logits.device)[:, None]
-        probs = ordered.softmax(-1)
-        before = probs.cumsum(-1) - probs  # probability mass ranked above each token
-        ordered = ordered.masked_fill((top_p < 1.0) & (before > top_p) & (rank > 0), float("-inf"))
-        probs = ordered.softmax(-1)
-        for j, (i, r) in enumerate(zip(sampled, part)):
-            pick = torch.multinomial(probs[j], 1, generator=r.generator)
-            chosen[i] = order[j, pick[0]]
-        return chosen
-
-    def step(self, row: Row, token: int) -> bool:
-        """Add one token to a row; True when the row is finished."""
-        row.tokens.append(token)
-        if len(row.tokens) == 1:
-            row.first_token_at = time.perf_counter()
-        if token in self.eos and not row.ignore_eos:
-            row.finish = "eos"
-        else:
-            row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-            cut = first_stop(row.text, row.stops, since=row.sent)
-            if cut is not None:
-                row.text, row.finish = row.text[:cut], "stop"
-            elif len(row.tokens) >= row.max_new:
-                row.finish = "length"
-        if row.finish is not None:
-            row.finished_at = time.perf_counter()
-            if row.text.endswith("\ufffd"):
-                row.text = row.text[:-1]  # a character cut short by the budget
-        if row.stream and row.finish is None:
-            ready = safe_prefix(row.text, row.stops)
-            if ready > row.sent and self.emit is not None:
-                self.emit(row.item.index, json.dumps({"text": row.text[row.sent:ready]}) + "\n")
-                row.sent = ready
-        return row.finish is not None
+        decoder = Decoder(self.model, self.tokenizer, self.eos, self.pad_id, self.emit)
+        decoder.admit(batch.rows)
+        while decoder.rows:
+            decoder.step()
+        return batch.rows
 
     def usage(self, batch: Prompts) -> Usage:
         rows = batch.rows
@@ -316,19 +203,3 @@ class GenerationTask(Task):
         answers = [{"generated_text": r.text, "details": r.details()} for r in outputs]
         return answers[0] if item.payload.single else answers
 
-
-def first_stop(text: str, stops: list[str], since: int = 0) -> int | None:
-    """Where the earliest stop string starts in text, looking from `since` on."""
-    found = [i for i in (text.find(s, max(0, since - len(s))) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def safe_prefix(text: str, stops: list[str]) -> int:
-    """How much of text can be streamed: not a half-decoded character, not a stop string's start."""
-    end = len(text.rstrip("\ufffd"))
-    for stop in stops:
-        for n in range(min(len(stop) - 1, end), 0, -1):
-            if text[:end].endswith(stop[:n]):
-                end -= n
-                break
-    return max(end, 0)
