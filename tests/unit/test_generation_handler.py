@@ -193,3 +193,78 @@ def test_ignore_eos_generates_the_whole_budget(worker):
     assert natural["details"]["finish_reason"] == "eos" and natural["details"]["generated_tokens"] < 40
     forced = worker.predict([{**chat, "parameters": {"max_new_tokens": 40, "ignore_eos": True}}])[0].body
     assert (forced["details"]["finish_reason"], forced["details"]["generated_tokens"]) == ("length", 40)
+
+
+# The decoder (handlers/tasks/decoding.py): rows join and leave a running batch between steps.
+
+def rows_for(worker, bodies):
+    """Decoder rows for request bodies, as the handler builds them (parse, then collate)."""
+    from handlers.payload import decode
+
+    task = worker.handler.task
+    items = []
+    for index, body in enumerate(bodies):
+        item = task.parse(decode({"body": body}, 8, 20_000))
+        item.index = index
+        items.append(item)
+    return task.collate(items).rows
+
+
+def decoder_for(worker):
+    from handlers.tasks.decoding import Decoder
+
+    task = worker.handler.task
+    return Decoder(task.model, task.tokenizer, task.eos, task.pad_id)
+
+
+def run_to_end(decoder, rows=(), joining=(), after: int = 0):
+    """Admit `rows`, step `after` times, admit `joining`, then step until every row is done."""
+    decoder.admit(list(rows))
+    for _ in range(after):
+        decoder.step()
+    decoder.admit(list(joining))
+    with torch.inference_mode():
+        while decoder.rows:
+            decoder.step()
+
+
+@pytest.mark.parametrize("after", [1, 7])
+def test_a_row_admitted_mid_decode_is_token_for_token_generate(worker, reference, after):
+    _, tokenizer = reference
+    long_prompts = [PROMPTS[3], PROMPTS[1]]
+    running = rows_for(worker, [{"inputs": p, "parameters": {"max_new_tokens": 20}} for p in long_prompts])
+    [late] = rows_for(worker, [{"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 12}}])
+    with torch.inference_mode():
+        run_to_end(decoder_for(worker), running, [late], after=after)
+    for prompt, row in zip([*long_prompts, PROMPTS[0]], [*running, late]):
+        assert row.tokens == generate(reference, tokenizer(prompt).input_ids, row.max_new), prompt
+        assert row.finish in ("length", "eos")
+
+
+def test_evicting_a_row_leaves_the_others_unchanged(worker, reference):
+    _, tokenizer = reference
+    rows = rows_for(worker, [{"inputs": p, "parameters": {"max_new_tokens": 16}} for p in PROMPTS[:3]])
+    decoder = decoder_for(worker)
+    with torch.inference_mode():
+        decoder.admit(rows)
+        decoder.step()
+        decoder.step()
+        decoder.evict([rows[1]])
+        assert decoder.rows == [rows[0], rows[2]]
+        while decoder.rows:
+            decoder.step()
+    assert len(rows[1].tokens) == 2 and rows[1].finish is None
+    for prompt, row in ((PROMPTS[0], rows[0]), (PROMPTS[2], rows[2])):
+        assert row.tokens == generate(reference, tokenizer(prompt).input_ids, 16), prompt
+
+
+def test_a_seeded_row_samples_the_same_text_when_it_joins_late(worker):
+    body = {"inputs": PROMPTS[2], "parameters": {"max_new_tokens": 16, "temperature": 0.8, "seed": 5}}
+    [alone] = rows_for(worker, [body])
+    with torch.inference_mode():
+        run_to_end(decoder_for(worker), [alone])
+    running = rows_for(worker, [{"inputs": PROMPTS[3], "parameters": {"max_new_tokens": 24}}])
+    [late] = rows_for(worker, [body])
+    with torch.inference_mode():
+        run_to_end(decoder_for(worker), running, [late], after=5)
+    assert late.tokens == alone.tokens and late.text == alone.text
