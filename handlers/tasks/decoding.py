@@ -193,7 +193,13 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
 
 
 def merge_caches(running: DynamicCache, new: DynamicCache, width: int) -> None:
-    """Stack `new`'s rows under `running`'s, both left-padded to `width` positions (in place)."""
+    """Stack `new`'s rows under `running`'s, both left-padded to `width` positions (in place).
+
+    transformers 5 has its own continuous batching (generation/continuous_batching: a paged
+    cache driven by a background thread with one seed for every request, switching the
+    model to paged attention); it would lose the per-row seeds and the parity above, so the
+    rows are merged here, in the plain DynamicCache the prefill made.
+    """
     for mine, theirs in zip(running.layers, new.layers):
         if type(mine) is not DynamicLayer or type(theirs) is not DynamicLayer:
             raise NotImplementedError(f"merging {type(mine).__name__} cache layers (a sliding window, say)")
