@@ -2,8 +2,10 @@
 
 The model is staged the way the archive lays it out, loaded through TorchServe's own
 ModelLoader (same import of `handler`, same Context fields, same initialize), and requests
-go through the same entry point with the same per-request statuses. Used by the unit
-tests, and the answer to "the worker died and I don't know why".
+travel as they do between TorchServe's frontend and a worker: a request frame read by
+TorchServe's own protocol code, its own Service.predict, and reply frames read back the
+way the Java frontend reads them, so a reply that would cost a real worker its life fails
+here too. Used by the unit tests, and the answer to "the worker died and I don't know why".
 """
 
 from __future__ import annotations
