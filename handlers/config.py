@@ -127,6 +127,14 @@ class HandlerConfig:
     # generation only: the most new tokens a request may ask for, and what it gets unasked
     max_new_tokens: int = 256
     default_max_new_tokens: int = 64
+    # generation under TorchServe's continuous batching (runtime continuousBatching: true):
+    # at most max_running rows decode at once, at most max_waiting requests wait for a row
+    # (more get 429 with Retry-After), and a decode step admits new prompts of at most
+    # prefill_tokens tokens in all (at least one prompt), so a prefill stalls the running rows
+    # for a bounded time.
+    max_running: int = 16
+    max_waiting: int = 16
+    prefill_tokens: int = 512
     # Input limits, checked before anything reaches the model.
     max_inputs_per_request: int = 64
     max_chars_per_input: int = 20_000
@@ -152,7 +160,7 @@ class HandlerConfig:
         if self.task not in TASKS:
             yield "task", f"unknown task {self.task!r}; known tasks: {', '.join(TASKS)}"
         for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads", "max_batch_tokens",
-                    "max_new_tokens", "default_max_new_tokens"):
+                    "max_new_tokens", "default_max_new_tokens", "max_running", "max_waiting", "prefill_tokens"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 yield key, f"expected a positive integer, got {value!r}"

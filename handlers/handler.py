@@ -37,6 +37,14 @@ class TransformersHandler(BaseHandler):
         self.task.load(properties["model_dir"], self.cfg, self.device)
         if self.task.streams:
             self.task.emit = self.send_chunk
+        # TorchServe's continuous batching: one decode step per call (handlers/continuous.py)
+        self.scheduler = None
+        if (context.model_yaml_config or {}).get("continuousBatching"):
+            if self.cfg.task != "generation":
+                raise ValueError(f"continuousBatching is for generation; this model's task is {self.cfg.task}")
+            from handlers.continuous import ContinuousScheduler  # imports the generation task
+
+            self.scheduler = ContinuousScheduler(self.task)
         version = (self.manifest or {}).get("model", {}).get("modelVersion", "")
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name, version, self.cfg.task)
         self.metrics.emit("transerve_worker_info", 1, self.device)
@@ -48,6 +56,47 @@ class TransformersHandler(BaseHandler):
             context.model_name, self.cfg.task, self.device, self.cfg.dtype, threads,
             time.perf_counter() - started,
         )
+
+    def handle(self, data, context):
+        if self.scheduler is None:
+            return super().handle(data, context)
+        return self.handle_step(data, context)
+
+    def handle_step(self, data, context):
+        """One call in continuous batching mode: parse the new requests, one decode step, one
+        reply per request with its stopping criterion (handlers/continuous.py)."""
+        self.context = context
+        ids = [context.request_ids[idx] for idx in range(len(data))]
+        new, grpc = {}, set()
+        for idx, row in enumerate(data):
+            if ids[idx] in self.scheduler.requests:
+                continue  # a running request: TorchServe sends it again without its body
+            if self.came_over_grpc(idx):
+                grpc.add(idx)
+            try:
+                item = self.task.parse(decode(row, self.cfg.max_inputs_per_request, self.cfg.max_chars_per_input))
+                item.index = idx
+            except InputError as e:
+                item = e
+            new[idx] = item
+        replies = self.scheduler.iterate(ids, new, grpc)
+        outcomes: Counter[tuple] = Counter()
+        for idx, reply in enumerate(replies):
+            self.end_grpc_stream(idx)
+            if reply.error is not None:
+                context.set_response_status(reply.error.status, reply.error.phrase, idx)
+                if reply.error.status == 429:
+                    context.set_response_header(idx, "Retry-After", str(self.scheduler.retry_after))
+                outcomes[reply.error.status, reply.error.reason] += 1
+                continue
+            if reply.stream:
+                context.set_response_content_type(idx, "application/x-ndjson")
+            if reply.ends is not False:
+                outcomes["ok", "ok"] += 1
+        for (outcome, reason), count in outcomes.items():
+            self.metrics.emit("transerve_requests_total", count, outcome, reason)
+        context.stopping_criteria = [lambda _answer, ends=reply.ends: ends for reply in replies]
+        return [reply.body for reply in replies]
 
     def preprocess(self, data):
         """Parse every request; one bad request is remembered by index, not raised."""
@@ -147,9 +196,13 @@ class TransformersHandler(BaseHandler):
         frontend would then send no status line), so it is set only where the request came
         over gRPC: the one kind of request with no HTTP headers, only its input parameters.
         """
-        properties = self.context.request_processor[idx].get_request_properties()
-        if not any(isinstance(value, str) for value in properties.values()):
+        if self.came_over_grpc(idx):
             self.context.set_response_header(idx, "ts_stream_next", "false")
+
+    def came_over_grpc(self, idx: int) -> bool:
+        """A gRPC request reaches the worker with its input parameters only, no HTTP headers."""
+        properties = self.context.request_processor[idx].get_request_properties()
+        return not any(isinstance(value, str) for value in properties.values())
 
     def send_chunk(self, idx: int, chunk: str) -> None:
         """Stream one chunk to request `idx` of this batch now, as a chunked HTTP response part."""

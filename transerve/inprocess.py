@@ -14,6 +14,7 @@ import json
 import struct
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,10 @@ class LocalWorker:
             answers.append(Answer(part.status, body, part.phrase, streamed.get(part.request_id, []), part.headers))
         return answers
 
+    def continuous(self, batch_size: int | None = None) -> "ContinuousDriver":
+        """TorchServe's continuous batching around this worker (runtime continuousBatching)."""
+        return ContinuousDriver(self, batch_size or self.mv.runtime.batchSize)
+
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -127,20 +132,28 @@ def request_frame(requests: list[tuple[str, bytes]], http_headers: bool = True) 
     """An inference request frame as TorchServe's frontend writes it (ModelRequestEncoder at
     v0.12.0): b"I", then per request its id, its headers (a REST request's HTTP headers; none
     for gRPC) and its one parameter, `body`."""
+    return _frame([(f"req-{i}", content_type, body, http_headers) for i, (content_type, body) in enumerate(requests)])
+
+
+def _frame(requests: list[tuple[str, str, bytes | None, bool]]) -> bytes:
+    """(request id, content type, body or None, with HTTP headers) each; a None body sends no
+    parameter, as the frontend re-sends a running request in continuous batching."""
 
     def blob(data: bytes) -> bytes:
         return struct.pack("!i", len(data)) + data
 
     end = struct.pack("!i", -1)
     frame = bytearray(b"I")
-    for i, (content_type, body) in enumerate(requests):
-        frame += blob(f"req-{i}".encode())
+    for request_id, content_type, body, http_headers in requests:
+        frame += blob(request_id.encode())
         if http_headers:
             frame += blob(b"content-type") + blob(content_type.encode())
         else:  # a gRPC input carries no content type
             content_type = ""
         frame += end
-        frame += blob(b"body") + blob(content_type.encode()) + blob(body) + end
+        if body is not None:
+            frame += blob(b"body") + blob(content_type.encode()) + blob(body)
+        frame += end
     return bytes(frame + end)
 
 
@@ -231,3 +244,71 @@ def read_frames(buf: bytes) -> list[Frame]:
             parts.append(Part(request_id, content_type, status, phrase, headers, blob()))
         frames.append(Frame(code, message, parts))
     return frames
+
+
+@dataclass
+class Job:
+    """One request under continuous batching: the replies it got, each a part of its response."""
+
+    id: str
+    content_type: str
+    body: bytes
+    grpc: bool = False
+    parts: list[Part] = field(default_factory=list)
+    gone: bool = False  # its client disconnected: the frontend no longer sends it
+
+    @property
+    def done(self) -> bool:  # a reply that does not say "more to come" ends the response
+        return bool(self.parts) and self.parts[-1].headers.get("ts_stream_next") != "true"
+
+    @property
+    def status(self) -> int:  # the status line goes out with the first reply
+        return self.parts[0].status
+
+    @property
+    def text(self) -> str:
+        return "".join(part.body.decode("utf-8") for part in self.parts)
+
+
+class ContinuousDriver:
+    """What TorchServe's frontend does in continuous batching mode (wlm/ContinuousBatching.java
+    at v0.12.0, and checked on a live server): each call sends the running jobs again with no
+    body and new jobs with theirs, up to batch_size; a job ends with a reply that does not
+    carry ts_stream_next: true; a job whose client went away is no longer sent."""
+
+    def __init__(self, worker: LocalWorker, batch_size: int):
+        self.worker, self.batch_size = worker, batch_size
+        self.jobs: list[Job] = []
+        self.calls = 0
+
+    def submit(self, body: Any, grpc: bool = False) -> Job:
+        content_type, data = _as_request(body, "application/json")
+        job = Job(str(uuid.uuid4()), content_type, data, grpc)  # TorchServe's ids are UUIDs too
+        self.jobs.append(job)
+        return job
+
+    @property
+    def active(self) -> list[Job]:
+        return [job for job in self.jobs if not job.done and not job.gone][: self.batch_size]
+
+    def call(self) -> None:
+        jobs = self.active
+        frame = _frame([(j.id, j.content_type, None if j.parts else j.body, not j.grpc) for j in jobs])
+        _, batch = retrieve_msg(_Conn(frame))
+        self.worker.service.cl_socket = _Recorder()
+        [reply] = read_frames(bytes(self.worker.service.predict(batch)))
+        if reply.code != 200:
+            raise WorkerError(f"the worker answered the call with {reply.code} {reply.message!r}")
+        by_id = {job.id: job for job in jobs}
+        assert [part.request_id for part in reply.parts] == [job.id for job in jobs]
+        for part in reply.parts:
+            by_id[part.request_id].parts.append(part)
+        self.calls += 1
+
+    def run(self, until=None, max_calls: int = 5000) -> None:
+        """Call until no job is active (or `until()` holds)."""
+        for _ in range(max_calls):
+            if not self.active or (until is not None and until()):
+                return
+            self.call()
+        raise RuntimeError(f"jobs still active after {max_calls} calls")

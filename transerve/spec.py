@@ -52,11 +52,14 @@ class Runtime:
     startupTimeout: int = 120
     # None: TorchServe's choice, a GPU when the machine has one; "cpu" pins a version to CPU.
     deviceType: Optional[Literal["cpu", "gpu"]] = None
+    # TorchServe calls the handler once per decode step with the running requests and the new
+    # ones (generation only; handler keys max_running, max_waiting, prefill_tokens)
+    continuousBatching: Optional[bool] = None
 
     def check(self):
         for f in dataclasses.fields(self):
             value, lowest = getattr(self, f.name), 0 if f.name in ("minWorkers", "maxBatchDelay") else 1
-            if isinstance(value, int) and value < lowest:
+            if isinstance(value, int) and not isinstance(value, bool) and value < lowest:
                 yield f.name, f"expected an integer >= {lowest}, got {value}"
         if self.maxWorkers < self.minWorkers:
             yield "maxWorkers", f"{self.maxWorkers} is below minWorkers {self.minWorkers}"
@@ -166,7 +169,7 @@ class ModelSpec:
         overrides = _parse(VersionOverrides, self.raw.versions[version], where)
         handler = {"task": self.raw.task, **self.raw.handler, **overrides.handler}
         runtime = {**self.raw.runtime, **overrides.runtime}
-        return ModelVersion(
+        mv = ModelVersion(
             name=self.name,
             version=version,
             source=_parse(Source, overrides.source, f"{where}: source") if overrides.source is not None
@@ -180,6 +183,22 @@ class ModelSpec:
             ),
             task=self.raw.task,
         )
+        _check_continuous(mv, where)
+        return mv
+
+
+def _check_continuous(mv: ModelVersion, where: str) -> None:
+    if not mv.runtime.continuousBatching:
+        return
+    if mv.handler.task != "generation":
+        raise SpecError(f"{where}: runtime.continuousBatching: only generation decodes step by step; "
+                        f"this version's task is {mv.handler.task}")
+    room = mv.handler.max_running + mv.handler.max_waiting
+    if mv.runtime.batchSize <= room:
+        raise SpecError(
+            f"{where}: runtime.batchSize: {mv.runtime.batchSize} must be above handler.max_running + max_waiting "
+            f"({room}): TorchServe hands the handler at most batchSize requests, and the handler answers 429 "
+            "to those beyond its waiting room")
 
 
 def _parse(cls, data, where):

@@ -1,7 +1,7 @@
 """The generation decoder: rows decoding together over one KV cache, admitted and evicted
 between steps.
 
-    decoder = Decoder(model, tokenizer, eos, pad_id, emit)
+    decoder = Decoder(model, tokenizer, eos, pad_id, emit)   # emit(row, chunk): a streamed part
     decoder.admit(rows)          # prefill their prompts, merge them into the running batch
     while decoder.rows:
         finished = decoder.step()  # one token for every running row; finished rows leave
@@ -62,7 +62,7 @@ class Decoder:
     """The running rows and their state: KV cache, attention mask, tokens seen (for the
     repetition penalty) and the logits of each row's next token."""
 
-    def __init__(self, model, tokenizer, eos: set[int], pad_id: int, emit: Callable[[int, str], None] | None = None):
+    def __init__(self, model, tokenizer, eos: set[int], pad_id: int, emit: Callable[[Row, str], None] | None = None):
         self.model, self.tokenizer, self.eos, self.pad_id, self.emit = model, tokenizer, eos, pad_id, emit
         self.device = model.device
         self.vocab = model.config.vocab_size
@@ -178,7 +178,7 @@ class Decoder:
         if row.stream and row.finish is None:
             ready = safe_prefix(row.text, row.stops)
             if ready > row.sent and self.emit is not None:
-                self.emit(row.item.index, json.dumps({"text": row.text[row.sent:ready]}) + "\n")
+                self.emit(row, json.dumps({"text": row.text[row.sent:ready]}) + "\n")
                 row.sent = ready
         return row.finish is not None
 

@@ -106,3 +106,26 @@ def test_a_version_may_bring_its_own_weights_and_samples(tmp_path):
 def test_a_sample_with_an_unknown_key_is_refused(tmp_path):
     with pytest.raises(SpecError, match=r"samples\[0\]: unknown key 'expected'"):
         load_spec(write(tmp_path, GOOD.replace("runtime:", 'samples: [{request: "x", expected: 1}]\n    runtime:', 1)))
+
+
+@pytest.mark.parametrize("task, runtime, handler, expected", [
+    ("embedding", "{continuousBatching: true, batchSize: 40}", "{}", "only generation decodes step by step"),
+    ("generation", "{continuousBatching: true, batchSize: 8}", "{max_running: 4, max_waiting: 4}",
+     "runtime.batchSize: 8 must be above handler.max_running + max_waiting (8)"),
+    ("generation", "{continuousBatching: true, batchSize: 40}", "{max_waiting: 0}", "max_waiting: expected a positive integer"),
+])
+def test_continuous_batching_is_refused_where_it_cannot_work(tmp_path, task, runtime, handler, expected):
+    text = GOOD.replace("task: embedding", f"task: {task}").replace("runtime: {batchSize: 8, maxBatchDelay: 5}", f"runtime: {runtime}")
+    text = text.replace("handler: {max_length: 64}", f"handler: {handler}").replace("{handler: {normalize: false}, runtime: {batchSize: 4}}", "{}")
+    with pytest.raises(SpecError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        load_spec(write(tmp_path, text))
+
+
+def test_a_continuous_version_writes_its_mode_into_model_config(tmp_path):
+    text = GOOD.replace("task: embedding", "task: generation").replace(
+        "runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {continuousBatching: true, batchSize: 40}").replace(
+        "{handler: {normalize: false}, runtime: {batchSize: 4}}", "{}")
+    config = load_spec(write(tmp_path, text)).version("2.0").model_config()
+    assert config["continuousBatching"] is True and config["batchSize"] == 40
+    assert (config["handler"]["max_running"], config["handler"]["max_waiting"]) == (16, 16)
+    assert "continuousBatching" not in load_spec(write(tmp_path, GOOD)).version("1.0").model_config()

@@ -1,0 +1,167 @@
+"""Generation under TorchServe's continuous batching: one decode step per call.
+
+With `continuousBatching: true` TorchServe calls the handler again and again with the
+requests still running (same request id, no body) and the new ones, up to batchSize, and
+sends each call's reply per request as the next chunk of its response. Read and checked on
+a live TorchServe 0.12 (the closing note of issue 15 has the details):
+
+- a request whose id is missing from a call was dropped by the frontend: its client went
+  away. Its rows leave the decoder at once, so it stops costing compute within one step.
+- the reply's stopping criterion says whether the request goes on (False), ends (True), or
+  is answered in one piece (None). A request that ends on its very first reply with True
+  gets no response at all, so a first reply that ends a request is always one piece.
+- an empty reply is sent as nothing the client sees: a request that is not streamed
+  answers "" until its answer is ready.
+- gRPC clients get only a first chunk in this mode: a request that came over gRPC (no HTTP
+  headers) is decoded to its end within its first call and answered in one piece.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+
+from handlers.payload import InputError
+from handlers.tasks.base import Item
+from handlers.tasks.decoding import Decoder, Row
+from handlers.tasks.generation import GenerationTask, Prompts
+
+RETRY_AFTER_SECONDS = 1  # what a 429 (max_waiting reached) asks the client to wait
+
+
+@dataclass
+class Running:
+    """One accepted request: its rows, what is ready to send, and how many replies it got."""
+
+    item: Item
+    rows: list[Row]
+    chunks: list[str] = field(default_factory=list)
+    replies: int = 0
+
+    @property
+    def done(self) -> bool:
+        return all(r.finish is not None for r in self.rows)
+
+
+@dataclass
+class Reply:
+    body: str
+    ends: bool | None  # the stopping criterion: False goes on, True ends, None answers in one piece
+    error: InputError | None = None
+    stream: bool = False  # NDJSON parts
+
+
+class ContinuousScheduler:
+    """Requests in, one decode step, one reply per request out; state kept between calls."""
+
+    retry_after = RETRY_AFTER_SECONDS
+
+    def __init__(self, task: GenerationTask):
+        self.task, self.cfg = task, task.cfg
+        self.decoder = Decoder(task.model, task.tokenizer, task.eos, task.pad_id, emit=self._collect)
+        self.requests: dict[str, Running] = {}  # by TorchServe's request id
+        self.waiting: deque[str] = deque()
+        self.owner: dict[int, Running] = {}  # id(row) -> its request, for streamed parts
+        self.evicted = 0  # rows dropped because their client went away
+
+    def _collect(self, row: Row, chunk: str) -> None:
+        self.owner[id(row)].chunks.append(chunk)
+
+    def iterate(self, ids: list[str], new: dict[int, Item | InputError], grpc: set[int]) -> list[Reply]:
+        """One call: `ids` this call's request ids by position; `new` the parsed requests seen
+        for the first time (or why they are refused), `grpc` the positions that came over gRPC."""
+        self.forget(set(self.requests) - set(ids))
+        replies: dict[int, Reply] = {}
+        for idx, item in new.items():
+            if isinstance(item, InputError):
+                replies[idx] = Reply(item.body(), None, item)
+            elif idx in grpc:
+                replies[idx] = self.whole(item)
+            elif (refused := self.accept(ids[idx], item)) is not None:
+                replies[idx] = refused
+        self.admit()
+        if self.decoder.rows:
+            self.decoder.step()
+        for idx, rid in enumerate(ids):
+            if idx not in replies:
+                replies[idx] = self.reply(rid)
+        return [replies[idx] for idx in range(len(ids))]
+
+    def forget(self, gone: set[str]) -> None:
+        """Requests the frontend dropped (their clients disconnected) leave the decoder."""
+        for rid in gone:
+            running = self.requests.pop(rid)
+            if rid in self.waiting:
+                self.waiting.remove(rid)
+            else:
+                live = [r for r in running.rows if r.finish is None]
+                self.decoder.evict(live)
+                self.evicted += len(live)
+            for row in running.rows:
+                self.owner.pop(id(row), None)
+
+    def accept(self, rid: str, item: Item) -> Reply | None:
+        prompts = self.task.collate([item])
+        if item.error is not None:
+            return Reply(item.error.body(), None, item.error)
+        free = max(0, self.cfg.max_running - len(self.decoder.rows))  # rows this call can still admit
+        if len(self.waiting) >= self.cfg.max_waiting + free:
+            refused = InputError(
+                f"this model is busy: {len(self.decoder.rows)} rows are decoding and {len(self.waiting)} requests "
+                f"are waiting (max_running {self.cfg.max_running}, max_waiting {self.cfg.max_waiting}); "
+                f"retry in {RETRY_AFTER_SECONDS} s", status=429, reason="busy")
+            return Reply(refused.body(), None, refused)
+        running = Running(item, prompts.rows)
+        for row in running.rows:
+            self.owner[id(row)] = running
+        self.requests[rid] = running
+        self.waiting.append(rid)
+        return None
+
+    def admit(self) -> None:
+        """Waiting requests join the decoder while rows are free, up to the prefill budget."""
+        joining, tokens = [], 0
+        while self.waiting:
+            running = self.requests[self.waiting[0]]
+            size = sum(len(r.prompt) for r in running.rows)
+            if len(self.decoder.rows) + sum(map(len, joining)) + len(running.rows) > self.cfg.max_running:
+                break
+            if joining and tokens + size > self.cfg.prefill_tokens:
+                break
+            self.waiting.popleft()
+            joining.append(running.rows)
+            tokens += size
+        if joining:
+            self.decoder.admit([row for rows in joining for row in rows])
+
+    def whole(self, item: Item) -> Reply:
+        """A request decoded to its end now, answered in one piece (gRPC)."""
+        prompts: Prompts | None = self.task.collate([item])
+        if item.error is not None:
+            return Reply(item.error.body(), None, item.error)
+        decoder = Decoder(self.task.model, self.task.tokenizer, self.task.eos, self.task.pad_id)
+        decoder.admit(prompts.rows)
+        while decoder.rows:
+            decoder.step()
+        return Reply(self.answer(item, prompts.rows), None, stream=item.payload.stream)
+
+    def reply(self, rid: str) -> Reply:
+        running = self.requests[rid]
+        first, stream = running.replies == 0, running.item.payload.stream
+        running.replies += 1
+        if not running.done:
+            body = "".join(running.chunks) if stream else ""
+            running.chunks.clear()
+            return Reply(body, False, stream=stream)
+        del self.requests[rid]
+        for row in running.rows:
+            self.owner.pop(id(row), None)
+        body = self.answer(running.item, running.rows)
+        if stream:
+            body = "".join(running.chunks) + body
+        return Reply(body, None if first else True, stream=stream)
+
+    def answer(self, item: Item, rows: list[Row]) -> str:
+        answer = self.task.encode(item, rows)
+        return answer if isinstance(answer, str) else json.dumps(answer)

@@ -1,0 +1,130 @@
+"""smollm2-chat under TorchServe's continuous batching, in-process: the frontend's call
+pattern (transerve.inprocess.ContinuousDriver) around the real handler, one decode step per
+call, replies read from TorchServe's own frames. Answers are checked against the same
+model under static batching."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from transerve.inprocess import LocalWorker
+from transerve.spec import find_spec
+
+LONG = {"inputs": "Once upon a time, in a small village by the sea, there lived", "parameters": {"max_new_tokens": 40}}
+SHORT = {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 4}}
+CHAT = {"messages": [{"role": "user", "content": "Name a colour."}], "parameters": {"max_new_tokens": 12}}
+
+
+def continuous(mv, **handler):
+    runtime = dataclasses.replace(mv.runtime, continuousBatching=True, batchSize=8)
+    return dataclasses.replace(mv, runtime=runtime).with_handler(**{"max_running": 3, "max_waiting": 2, **handler})
+
+
+@pytest.fixture(scope="module")
+def static():
+    worker = LocalWorker(find_spec("smollm2-chat").version())
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="module")
+def worker():
+    worker = LocalWorker(continuous(find_spec("smollm2-chat").version()))
+    yield worker
+    worker.close()
+
+
+def alone(static, body):
+    [answer] = static.predict([body])
+    assert answer.status == 200
+    return answer.body
+
+
+def test_a_late_short_request_finishes_while_long_ones_run(worker, static):
+    driver = worker.continuous()
+    long = [driver.submit(LONG), driver.submit(CHAT)]
+    for _ in range(3):
+        driver.call()
+    short = driver.submit(SHORT)
+    driver.run(until=lambda: short.done)
+    assert not any(job.done for job in long)  # still decoding when the short one is answered
+    driver.run()
+    for job, body in zip([*long, short], [LONG, CHAT, SHORT]):
+        assert job.status == 200 and json.loads(job.text) == alone(static, body), body
+    assert len(short.parts) == 4  # admitted in the call it arrived in: 4 tokens, one reply per step
+
+
+def test_streamed_parts_concatenate_to_the_answer(worker, static):
+    driver = worker.continuous()
+    stream = driver.submit({**LONG, "stream": True})
+    plain = driver.submit(SHORT)
+    driver.run()
+    lines = [json.loads(line) for line in stream.text.splitlines() if line]
+    expected = alone(static, LONG)
+    assert len(lines) > 5 and stream.parts[0].headers["ts_stream_next"] == "true"
+    assert "".join(line["text"] for line in lines) == expected["generated_text"]
+    assert lines[-1]["details"] == expected["details"]
+    assert stream.parts[-1].headers["ts_stream_next"] == "false"
+    assert json.loads(plain.text) == alone(static, SHORT)
+
+
+def test_a_client_that_goes_away_is_evicted_at_the_next_call(worker):
+    driver = worker.continuous()
+    scheduler = worker.handler.scheduler
+    evicted = scheduler.evicted
+    gone, stays = driver.submit(LONG), driver.submit(LONG)
+    driver.call()
+    driver.call()
+    assert len(scheduler.decoder.rows) == 2
+    gone.gone = True
+    driver.call()
+    assert len(scheduler.decoder.rows) == 1 and scheduler.evicted == evicted + 1
+    driver.run()
+    assert stays.done and stays.status == 200 and not scheduler.requests and not scheduler.owner
+
+
+def test_beyond_max_waiting_requests_get_429_with_retry_after(worker):
+    driver = worker.continuous()
+    jobs = [driver.submit(SHORT) for _ in range(8)]  # max_running 3 + max_waiting 2 are accepted
+    driver.call()
+    refused = [job for job in jobs if job.status == 429]
+    assert len(refused) == 3
+    for job in refused:
+        assert len(job.parts) == 1 and "ts_stream_next" not in job.parts[0].headers
+        assert job.parts[0].headers["Retry-After"] == "1"
+        assert "max_waiting 2" in json.loads(job.text)["message"]
+    driver.run()
+    assert all(job.status == 200 and job.done for job in jobs if job not in refused)
+
+
+def test_refusals_grpc_and_one_step_answers_come_in_one_piece(worker, static):
+    driver = worker.continuous()
+    bad = driver.submit({"inputs": "x", "parameters": {"temperature": "é"}})
+    grpc = driver.submit(LONG, grpc=True)
+    one = driver.submit({**SHORT, "parameters": {"max_new_tokens": 1}, "stream": True})
+    driver.call()
+    assert (bad.status, len(bad.parts)) == (400, 1) and "got 'é'" in json.loads(bad.text)["message"]
+    # gRPC: decoded to its end in its first call (TorchServe would pass on only a first chunk)
+    assert len(grpc.parts) == 1 and grpc.parts[0].headers["ts_stream_next"] == "false"
+    assert json.loads(grpc.text) == alone(static, LONG)
+    # done in its first step: one piece (a first reply that ends a stream leaves the client hanging)
+    assert len(one.parts) == 1 and "ts_stream_next" not in one.parts[0].headers
+    assert json.loads(one.text.splitlines()[-1])["details"]["generated_tokens"] == 1
+
+
+def test_a_step_admits_prompts_within_the_prefill_budget(static):
+    worker = LocalWorker(continuous(find_spec("smollm2-chat").version(), prefill_tokens=8), model_dir=None)
+    try:
+        driver = worker.continuous()
+        jobs = [driver.submit(SHORT) for _ in range(3)]  # 5 prompt tokens each
+        driver.call()
+        assert len(worker.handler.scheduler.decoder.rows) == 1  # the first always; 5 + 5 > 8
+        driver.call()
+        assert len(worker.handler.scheduler.decoder.rows) == 2
+        driver.run()
+        assert all(json.loads(job.text) == alone(static, SHORT) for job in jobs)
+    finally:
+        worker.close()
