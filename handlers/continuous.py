@@ -19,6 +19,7 @@ a live TorchServe 0.12 (the closing note of issue 15 has the details):
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -38,10 +39,20 @@ class Running:
     rows: list[Row]
     chunks: list[str] = field(default_factory=list)
     replies: int = 0
+    arrived: float = field(default_factory=time.perf_counter)
 
     @property
     def done(self) -> bool:
         return all(r.finish is not None for r in self.rows)
+
+
+@dataclass
+class Step:
+    """What one call did, for the metrics."""
+
+    generated: int = 0  # tokens, one per running row
+    evicted: int = 0  # rows whose client went away
+    first_token_seconds: list[float] = field(default_factory=list)  # from arrival, per row started
 
 
 @dataclass
@@ -63,7 +74,8 @@ class ContinuousScheduler:
         self.requests: dict[str, Running] = {}  # by TorchServe's request id
         self.waiting: deque[str] = deque()
         self.owner: dict[int, Running] = {}  # id(row) -> its request, for streamed parts
-        self.evicted = 0  # rows dropped because their client went away
+        self.evicted = 0  # rows dropped because their client went away, in all
+        self.last = Step()
 
     def _collect(self, row: Row, chunk: str) -> None:
         self.owner[id(row)].chunks.append(chunk)
@@ -71,7 +83,9 @@ class ContinuousScheduler:
     def iterate(self, ids: list[str], new: dict[int, Item | InputError], grpc: set[int]) -> list[Reply]:
         """One call: `ids` this call's request ids by position; `new` the parsed requests seen
         for the first time (or why they are refused), `grpc` the positions that came over gRPC."""
+        evicted = self.evicted
         self.forget(set(self.requests) - set(ids))
+        self.last = Step(evicted=self.evicted - evicted)
         replies: dict[int, Reply] = {}
         for idx, item in new.items():
             if isinstance(item, InputError):
@@ -82,7 +96,11 @@ class ContinuousScheduler:
                 replies[idx] = refused
         self.admit()
         if self.decoder.rows:
+            stepped = list(self.decoder.rows)
             self.decoder.step()
+            self.last.generated = len(stepped)
+            self.last.first_token_seconds = [row.first_token_at - self.owner[id(row)].arrived
+                                             for row in stepped if len(row.tokens) == 1]
         for idx, rid in enumerate(ids):
             if idx not in replies:
                 replies[idx] = self.reply(rid)

@@ -95,6 +95,7 @@ class TransformersHandler(BaseHandler):
                 outcomes["ok", "ok"] += 1
         for (outcome, reason), count in outcomes.items():
             self.metrics.emit("transerve_requests_total", count, outcome, reason)
+        self.count_step(self.scheduler)
         context.stopping_criteria = [lambda _answer, ends=reply.ends: ends for reply in replies]
         return [reply.body for reply in replies]
 
@@ -150,6 +151,17 @@ class TransformersHandler(BaseHandler):
         for value in usage.per_token_seconds:
             emit("transerve_time_per_output_token_seconds", value)
         self.count_cuda_memory()
+
+    def count_step(self, scheduler) -> None:
+        step, emit = scheduler.last, self.metrics.emit
+        emit("transerve_generation_running_rows", len(scheduler.decoder.rows))
+        emit("transerve_generation_waiting_requests", len(scheduler.waiting))
+        if step.generated:
+            emit("transerve_generated_tokens_total", step.generated)
+        if step.evicted:
+            emit("transerve_generation_rows_evicted_total", step.evicted, "disconnected")
+        for value in step.first_token_seconds:
+            emit("transerve_time_to_first_token_seconds", value)
 
     def count_cuda_memory(self) -> None:
         if self.device.type == "cuda":
