@@ -135,6 +135,8 @@ class HandlerConfig:
     max_running: int = 16
     max_waiting: int = 16
     prefill_tokens: int = 512
+    # generation: the longest parameters.timeout a request may ask for, in seconds
+    max_timeout: int = 600
     # Input limits, checked before anything reaches the model.
     max_inputs_per_request: int = 64
     max_chars_per_input: int = 20_000
@@ -160,7 +162,7 @@ class HandlerConfig:
         if self.task not in TASKS:
             yield "task", f"unknown task {self.task!r}; known tasks: {', '.join(TASKS)}"
         for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads", "max_batch_tokens",
-                    "max_new_tokens", "default_max_new_tokens", "max_running", "max_waiting", "prefill_tokens"):
+                    "max_new_tokens", "default_max_new_tokens", "max_running", "max_waiting", "prefill_tokens", "max_timeout"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 yield key, f"expected a positive integer, got {value!r}"

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from handlers.config import short
 from handlers.payload import InputError
 from handlers.tasks.base import Item
-from handlers.tasks.decoding import Decoder, Row
+from handlers.tasks.decoding import Decoder, Row, end
 from handlers.tasks.generation import GenerationTask, Prompts
 
 RETRY_AFTER_SECONDS = 1  # what a 429 (max_waiting reached) asks the client to wait
@@ -51,7 +52,7 @@ class Step:
     """What one call did, for the metrics."""
 
     generated: int = 0  # tokens, one per running row
-    evicted: int = 0  # rows whose client went away
+    ended: Counter = field(default_factory=Counter)  # rows ended before their end, by reason
     first_token_seconds: list[float] = field(default_factory=list)  # from arrival, per row started
 
 
@@ -80,13 +81,21 @@ class ContinuousScheduler:
     def _collect(self, row: Row, chunk: str) -> None:
         self.owner[id(row)].chunks.append(chunk)
 
-    def iterate(self, ids: list[str], new: dict[int, Item | InputError], grpc: set[int]) -> list[Reply]:
+    def iterate(self, ids: list[str], new: dict[int, Item | InputError], grpc: set[int],
+                cancels: dict[int, str] | None = None) -> list[Reply]:
         """One call: `ids` this call's request ids by position; `new` the parsed requests seen
-        for the first time (or why they are refused), `grpc` the positions that came over gRPC."""
-        evicted = self.evicted
+        for the first time (or why they are refused), `grpc` the positions that came over gRPC,
+        `cancels` the positions that ask to cancel a request, with its id."""
+        self.last = Step()
         self.forget(set(self.requests) - set(ids))
-        self.last = Step(evicted=self.evicted - evicted)
         replies: dict[int, Reply] = {}
+        for idx, rid in (cancels or {}).items():
+            if self.cancel(rid):
+                replies[idx] = Reply(json.dumps({"cancelled": rid}), None)
+            else:
+                refused = InputError(f"no running request with id {short(rid)}: it ended, or never ran on this worker",
+                                     status=404, reason="unknown_request")
+                replies[idx] = Reply(refused.body(), None, refused)
         for idx, item in new.items():
             if isinstance(item, InputError):
                 replies[idx] = Reply(item.body(), None, item)
@@ -97,8 +106,9 @@ class ContinuousScheduler:
         self.admit()
         if self.decoder.rows:
             stepped = list(self.decoder.rows)
-            self.decoder.step()
-            self.last.generated = len(stepped)
+            ended = self.decoder.step()
+            self.last.ended["timeout"] += sum(r.finish == "timeout" for r in ended)
+            self.last.generated = sum(bool(r.tokens) and r.finish != "timeout" for r in stepped)
             self.last.first_token_seconds = [row.first_token_at - self.owner[id(row)].arrived
                                              for row in stepped if len(row.tokens) == 1]
         for idx, rid in enumerate(ids):
@@ -116,6 +126,7 @@ class ContinuousScheduler:
                 live = [r for r in running.rows if r.finish is None]
                 self.decoder.evict(live)
                 self.evicted += len(live)
+                self.last.ended["disconnected"] += len(live)
             for row in running.rows:
                 self.owner.pop(id(row), None)
 
@@ -137,8 +148,30 @@ class ContinuousScheduler:
         self.waiting.append(rid)
         return None
 
+    def cancel(self, rid: str) -> bool:
+        """End a request now (finish_reason "cancelled"); its next reply is its last. False
+        when no request with that id is running or waiting."""
+        running = self.requests.get(rid)
+        if running is None or running.done:
+            return False
+        live = [r for r in running.rows if r.finish is None]
+        for row in live:
+            end(row, "cancelled")
+        if rid in self.waiting:
+            self.waiting.remove(rid)
+        else:
+            self.decoder.evict(live)
+        self.last.ended["cancelled"] += len(live)
+        return True
+
     def admit(self) -> None:
-        """Waiting requests join the decoder while rows are free, up to the prefill budget."""
+        """Waiting requests join the decoder while rows are free, up to the prefill budget;
+        those whose deadline passed while they waited end without a token."""
+        for rid in list(self.waiting):
+            running = self.requests[rid]
+            if self.decoder.expire(running.rows) and running.done:
+                self.waiting.remove(rid)
+                self.last.ended["timeout"] += len(running.rows)
         joining, tokens = [], 0
         while self.waiting:
             running = self.requests[self.waiting[0]]
@@ -183,3 +216,19 @@ class ContinuousScheduler:
     def answer(self, item: Item, rows: list[Row]) -> str:
         answer = self.task.encode(item, rows)
         return answer if isinstance(answer, str) else json.dumps(answer)
+
+
+CANCEL_EXAMPLE = '{"id": "<the x-request-id header of the request to cancel>"}'
+
+
+def cancel_id(row) -> str:
+    """The request id a cancel body names: {"id": "..."}; anything else is a 400."""
+    body = row.get("body", row.get("data")) if isinstance(row, dict) else row
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = json.loads(bytes(body).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            body = None
+    if not (isinstance(body, dict) and set(body) == {"id"} and isinstance(body["id"], str) and body["id"]):
+        raise InputError(f"a cancel takes {CANCEL_EXAMPLE}, got {short(body)}", reason="invalid_body")
+    return body["id"]

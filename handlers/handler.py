@@ -16,10 +16,10 @@ import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.config import HandlerConfig
+from handlers.config import HandlerConfig, short
 from handlers.device import configure_threads, pick_device
 from handlers.metrics import HandlerMetrics
-from handlers.payload import InputError, decode
+from handlers.payload import InputError, Payload, decode
 from handlers.tasks import task_class
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ class TransformersHandler(BaseHandler):
         if (context.model_yaml_config or {}).get("continuousBatching"):
             if self.cfg.task != "generation":
                 raise ValueError(f"continuousBatching is for generation; this model's task is {self.cfg.task}")
-            from handlers.continuous import ContinuousScheduler  # imports the generation task
+            from handlers.continuous import ContinuousScheduler, cancel_id  # imports the generation task
+
+            self.cancel_id = cancel_id
 
             self.scheduler = ContinuousScheduler(self.task)
         version = (self.manifest or {}).get("model", {}).get("modelVersion", "")
@@ -57,6 +59,15 @@ class TransformersHandler(BaseHandler):
             time.perf_counter() - started,
         )
 
+    def decode(self, idx: int, row) -> Payload:
+        """Request `idx`'s body; a path after the version is refused unless this mode serves it."""
+        route = self.context.get_request_header(idx, "url_path")
+        if route:
+            served = " (POST .../<version>/cancel needs runtime continuousBatching)" if route == "cancel" else ""
+            raise InputError(f"no such path: {short(route)} after the model version{served}", status=404,
+                             reason="unknown_path")
+        return decode(row, self.cfg.max_inputs_per_request, self.cfg.max_chars_per_input)
+
     def handle(self, data, context):
         if self.scheduler is None:
             return super().handle(data, context)
@@ -67,19 +78,22 @@ class TransformersHandler(BaseHandler):
         reply per request with its stopping criterion (handlers/continuous.py)."""
         self.context = context
         ids = [context.request_ids[idx] for idx in range(len(data))]
-        new, grpc = {}, set()
+        new, grpc, cancels = {}, set(), {}
         for idx, row in enumerate(data):
             if ids[idx] in self.scheduler.requests:
                 continue  # a running request: TorchServe sends it again without its body
             if self.came_over_grpc(idx):
                 grpc.add(idx)
             try:
-                item = self.task.parse(decode(row, self.cfg.max_inputs_per_request, self.cfg.max_chars_per_input))
+                if context.get_request_header(idx, "url_path") == "cancel":
+                    cancels[idx] = self.cancel_id(row)
+                    continue
+                item = self.task.parse(self.decode(idx, row))
                 item.index = idx
             except InputError as e:
                 item = e
             new[idx] = item
-        replies = self.scheduler.iterate(ids, new, grpc)
+        replies = self.scheduler.iterate(ids, new, grpc, cancels)
         outcomes: Counter[tuple] = Counter()
         for idx, reply in enumerate(replies):
             self.end_grpc_stream(idx)
@@ -105,7 +119,7 @@ class TransformersHandler(BaseHandler):
         items = []
         for idx, row in enumerate(data):
             try:
-                payload = decode(row, self.cfg.max_inputs_per_request, self.cfg.max_chars_per_input)
+                payload = self.decode(idx, row)
                 item = self.task.parse(payload)
             except InputError as e:
                 items.append(e)
@@ -158,8 +172,8 @@ class TransformersHandler(BaseHandler):
         emit("transerve_generation_waiting_requests", len(scheduler.waiting))
         if step.generated:
             emit("transerve_generated_tokens_total", step.generated)
-        if step.evicted:
-            emit("transerve_generation_rows_evicted_total", step.evicted, "disconnected")
+        for reason, count in step.ended.items():
+            emit("transerve_generation_rows_evicted_total", count, reason)
         for value in step.first_token_seconds:
             emit("transerve_time_to_first_token_seconds", value)
 

@@ -132,24 +132,27 @@ def request_frame(requests: list[tuple[str, bytes]], http_headers: bool = True) 
     """An inference request frame as TorchServe's frontend writes it (ModelRequestEncoder at
     v0.12.0): b"I", then per request its id, its headers (a REST request's HTTP headers; none
     for gRPC) and its one parameter, `body`."""
-    return _frame([(f"req-{i}", content_type, body, http_headers) for i, (content_type, body) in enumerate(requests)])
+    return _frame([(f"req-{i}", content_type, body, {} if http_headers else None)
+                   for i, (content_type, body) in enumerate(requests)])
 
 
-def _frame(requests: list[tuple[str, str, bytes | None, bool]]) -> bytes:
-    """(request id, content type, body or None, with HTTP headers) each; a None body sends no
-    parameter, as the frontend re-sends a running request in continuous batching."""
+def _frame(requests: list[tuple[str, str, bytes | None, dict | None]]) -> bytes:
+    """(request id, content type, body or None, extra HTTP headers or None for gRPC) each. A
+    None body sends no parameter, as the frontend re-sends a running request in continuous
+    batching; gRPC requests carry no headers and no content type."""
 
     def blob(data: bytes) -> bytes:
         return struct.pack("!i", len(data)) + data
 
     end = struct.pack("!i", -1)
     frame = bytearray(b"I")
-    for request_id, content_type, body, http_headers in requests:
+    for request_id, content_type, body, headers in requests:
         frame += blob(request_id.encode())
-        if http_headers:
-            frame += blob(b"content-type") + blob(content_type.encode())
-        else:  # a gRPC input carries no content type
+        if headers is None:
             content_type = ""
+        else:
+            for name, value in {"content-type": content_type, **headers}.items():
+                frame += blob(name.encode()) + blob(value.encode())
         frame += end
         if body is not None:
             frame += blob(b"body") + blob(content_type.encode()) + blob(body)
@@ -253,7 +256,7 @@ class Job:
     id: str
     content_type: str
     body: bytes
-    grpc: bool = False
+    headers: dict | None = None  # extra HTTP headers (url_path, say); None: a gRPC request
     parts: list[Part] = field(default_factory=list)
     gone: bool = False  # its client disconnected: the frontend no longer sends it
 
@@ -281,9 +284,11 @@ class ContinuousDriver:
         self.jobs: list[Job] = []
         self.calls = 0
 
-    def submit(self, body: Any, grpc: bool = False) -> Job:
+    def submit(self, body: Any, grpc: bool = False, path: str | None = None) -> Job:
+        """A request: over gRPC, or over REST with `path` after the version (url_path)."""
         content_type, data = _as_request(body, "application/json")
-        job = Job(str(uuid.uuid4()), content_type, data, grpc)  # TorchServe's ids are UUIDs too
+        headers = None if grpc else ({"url_path": path} if path else {})
+        job = Job(str(uuid.uuid4()), content_type, data, headers)  # TorchServe's ids are UUIDs too
         self.jobs.append(job)
         return job
 
@@ -293,7 +298,7 @@ class ContinuousDriver:
 
     def call(self) -> None:
         jobs = self.active
-        frame = _frame([(j.id, j.content_type, None if j.parts else j.body, not j.grpc) for j in jobs])
+        frame = _frame([(j.id, j.content_type, None if j.parts else j.body, j.headers) for j in jobs])
         _, batch = retrieve_msg(_Conn(frame))
         self.worker.service.cl_socket = _Recorder()
         [reply] = read_frames(bytes(self.worker.service.predict(batch)))

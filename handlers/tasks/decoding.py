@@ -44,6 +44,7 @@ class Row:
     generator: torch.Generator | None
     stream: bool
     ignore_eos: bool = False
+    deadline: float | None = None  # perf_counter() time at which the row ends ("timeout")
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of text already streamed
@@ -98,7 +99,11 @@ class Decoder:
         self.rows += rows
 
     def step(self) -> list[Row]:
-        """One token for every running row; the rows that finished leave and are returned."""
+        """One token for every running row; the rows that finished (or ran out of time) leave
+        and are returned."""
+        late = self.expire(self.rows)
+        if not self.rows:
+            return late
         chosen = self.choose(self.logits, self.rows, self.seen)
         self.seen[torch.arange(len(self.rows), device=self.device), chosen] = True
         finished = [r for r, token in zip(self.rows, chosen.tolist()) if self.advance(r, token)]
@@ -107,7 +112,16 @@ class Decoder:
             chosen = chosen[keep] if keep is not None else chosen
             self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
             self.logits = self.forward(chosen[:, None], self.mask, self.mask.sum(-1, keepdim=True) - 1, self.cache)
-        return finished
+        return late + finished
+
+    def expire(self, rows: list[Row], now: float | None = None) -> list[Row]:
+        """End the rows whose deadline has passed (finish_reason "timeout"); running ones leave."""
+        now = time.perf_counter() if now is None else now
+        late = [r for r in rows if r.finish is None and r.deadline is not None and now >= r.deadline]
+        for row in late:
+            end(row, "timeout")
+        self.evict([r for r in late if any(r is mine for mine in self.rows)])
+        return late
 
     def evict(self, rows: list[Row]) -> torch.Tensor | None:
         """Drop rows from the batch and the cache; the kept rows' indices (None: all kept)."""
@@ -172,15 +186,20 @@ class Decoder:
             elif len(row.tokens) >= row.max_new:
                 row.finish = "length"
         if row.finish is not None:
-            row.finished_at = time.perf_counter()
-            if row.text.endswith("\ufffd"):
-                row.text = row.text[:-1]  # a character cut short by the budget
+            end(row, row.finish)
         if row.stream and row.finish is None:
             ready = safe_prefix(row.text, row.stops)
             if ready > row.sent and self.emit is not None:
                 self.emit(row, json.dumps({"text": row.text[row.sent:ready]}) + "\n")
                 row.sent = ready
         return row.finish is not None
+
+
+def end(row: Row, reason: str) -> None:
+    """Finish a row: eos, stop, length, timeout, cancelled."""
+    row.finish, row.finished_at = reason, time.perf_counter()
+    if row.text.endswith("\ufffd"):
+        row.text = row.text[:-1]  # a character cut short
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:

@@ -41,6 +41,7 @@ class GenerationParams:
     seed: Optional[int] = None
     truncate: Optional[bool] = None  # over max_length: keep the prompt's end (true) or 413
     ignore_eos: Optional[bool] = None  # generate max_new_tokens even past end-of-text (benchmarks)
+    timeout: Optional[float] = None  # seconds from arrival; then the answer ends, finish_reason "timeout"
 
     def check(self):
         if self.temperature is not None and not 0.01 <= self.temperature <= 100:
@@ -53,6 +54,8 @@ class GenerationParams:
             yield "repetition_penalty", f"must be >= 0.01 and <= 10, got {self.repetition_penalty}"
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             yield "seed", f"must be between 0 and 2**63-1, got {self.seed}"
+        if self.timeout is not None and not self.timeout > 0:
+            yield "timeout", f"must be a number of seconds > 0, got {self.timeout}"
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             yield "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}"
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
@@ -103,6 +106,11 @@ class GenerationTask(Task):
         if params.max_new_tokens is not None and params.max_new_tokens > self.cfg.max_new_tokens:
             raise InputError(
                 f"parameters.max_new_tokens: {params.max_new_tokens} is above this model's limit {self.cfg.max_new_tokens}",
+                reason="invalid_parameter",
+            )
+        if params.timeout is not None and params.timeout > self.cfg.max_timeout:
+            raise InputError(
+                f"parameters.timeout: {params.timeout} s is above this model's limit {self.cfg.max_timeout} s (max_timeout)",
                 reason="invalid_parameter",
             )
         if payload.stream and len(payload.inputs) > 1:
@@ -176,6 +184,7 @@ class GenerationTask(Task):
             generator=generator,
             stream=item.payload.stream,
             ignore_eos=bool(p.ignore_eos),
+            deadline=None if p.timeout is None else time.perf_counter() + p.timeout,
         )
 
     def forward(self, batch: Prompts) -> list:

@@ -146,6 +146,26 @@ def test_three_times_the_room_gets_200_or_429_and_nothing_hangs(torchserve, serv
     assert worker_pid(management) == pid
 
 
+def test_cancel_by_request_id_and_a_deadline_end_running_streams(torchserve, served):
+    with requests.post(url(torchserve), json={**LONG, "stream": True}, headers=key(torchserve), timeout=300,
+                       stream=True) as target:
+        rid = target.headers["x-request-id"]
+        lines = target.iter_lines()
+        next(lines)
+        cancel = requests.post(f"{url(torchserve)}/cancel", json={"id": rid}, headers=key(torchserve), timeout=60)
+        assert (cancel.status_code, cancel.json()) == (200, {"cancelled": rid})
+        last = json.loads([line for line in lines if line][-1])
+    assert last["details"]["finish_reason"] == "cancelled" and last["details"]["generated_tokens"] < 200
+    unknown = requests.post(f"{url(torchserve)}/cancel", json={"id": rid}, headers=key(torchserve), timeout=60)
+    assert unknown.status_code == 404 and "no running request" in unknown.json()["message"]
+
+    started = time.monotonic()
+    timed = requests.post(url(torchserve), json={**LONG, "parameters": {**LONG["parameters"], "timeout": 1}},
+                          headers=key(torchserve), timeout=120)
+    assert time.monotonic() - started < 5
+    assert timed.status_code == 200 and timed.json()["details"]["finish_reason"] == "timeout"
+
+
 def test_grpc_clients_get_whole_answers(torchserve, served):
     import grpc
 

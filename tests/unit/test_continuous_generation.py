@@ -128,3 +128,49 @@ def test_a_step_admits_prompts_within_the_prefill_budget(static):
         assert all(json.loads(job.text) == alone(static, SHORT) for job in jobs)
     finally:
         worker.close()
+
+
+def test_a_deadline_ends_a_row_with_finish_reason_timeout(worker, static):
+    driver = worker.continuous()
+    timed = driver.submit({**LONG, "parameters": {**LONG["parameters"], "timeout": 0.3}, "stream": True})
+    other = driver.submit(SHORT)
+    driver.run()
+    lines = [json.loads(line) for line in timed.text.splitlines() if line]
+    details = lines[-1]["details"]
+    assert details["finish_reason"] == "timeout" and 0 < details["generated_tokens"] < 40
+    assert alone(static, LONG)["generated_text"].startswith("".join(line["text"] for line in lines))  # the text so far
+    assert json.loads(other.text) == alone(static, SHORT)
+    # static batching keeps the deadline too
+    [answer] = static.predict([{**LONG, "parameters": {**LONG["parameters"], "timeout": 0.3}}])
+    assert answer.body["details"]["finish_reason"] == "timeout"
+    [over] = static.predict([{**SHORT, "parameters": {**SHORT["parameters"], "timeout": 10_000}}])
+    assert over.status == 400 and "max_timeout" in over.body["message"]
+
+
+def test_cancel_by_id_ends_a_running_request_and_an_unknown_id_is_404(worker):
+    driver = worker.continuous()
+    scheduler = worker.handler.scheduler
+    target = driver.submit({**LONG, "stream": True})
+    for _ in range(3):
+        driver.call()
+    cancel = driver.submit({"id": target.id}, path="cancel")
+    unknown = driver.submit({"id": "no-such-request"}, path="cancel")
+    malformed = driver.submit({"request": target.id}, path="cancel")
+    driver.call()
+    assert (cancel.status, json.loads(cancel.text)) == (200, {"cancelled": target.id})
+    assert unknown.status == 404 and "no running request" in json.loads(unknown.text)["message"]
+    assert malformed.status == 400 and '{"id":' in json.loads(malformed.text)["message"]
+    assert target.done and not scheduler.decoder.rows and not scheduler.requests
+    details = json.loads(target.text.splitlines()[-1])["details"]
+    assert details["finish_reason"] == "cancelled" and details["generated_tokens"] == 3
+
+
+def test_a_path_after_the_version_is_404_under_static_batching(static):
+    driver = static.continuous()  # the same frames; the static handler answers each in one call
+    cancel = driver.submit({"id": "x"}, path="cancel")
+    other = driver.submit(SHORT, path="v1/completions")
+    plain = driver.submit(SHORT)
+    driver.call()
+    assert cancel.status == 404 and "needs runtime continuousBatching" in json.loads(cancel.text)["message"]
+    assert other.status == 404 and "no such path: 'v1/completions'" in json.loads(other.text)["message"]
+    assert plain.status == 200 and json.loads(plain.text) == alone(static, SHORT)
