@@ -40,7 +40,7 @@ METRICS = {
     "transerve_generation_running_rows": (GAUGE, "count", [], "Continuous batching: rows decoding after the latest step"),
     "transerve_generation_waiting_requests": (GAUGE, "count", [], "Continuous batching: requests waiting for a row after the latest step"),
     "transerve_generation_rows_evicted_total": (COUNTER, "count", ["reason"],
-                                                "Continuous batching: rows that left before their end (reason: disconnected)"),
+                                                "Continuous batching: rows that left before their end (reason: disconnected, timeout, cancelled)"),
     "transerve_worker_info": (GAUGE, "count", ["device"], "1 per loaded worker, labelled with the device it runs on"),
     "transerve_worker_loads_total": (COUNTER, "count", ["device"],
                                      "Worker loads: one per start, so a rise without scaling means workers restart"),
