@@ -93,22 +93,21 @@ class TransformersHandler(BaseHandler):
             except InputError as e:
                 item = e
             new[idx] = item
-        replies = self.scheduler.iterate(ids, new, grpc, cancels)
+        with torch.inference_mode():
+            replies = self.scheduler.iterate(ids, new, grpc, cancels)
         outcomes: Counter[tuple] = Counter()
         for idx, reply in enumerate(replies):
             self.end_grpc_stream(idx)
             if reply.error is not None:
-                context.set_response_status(reply.error.status, reply.error.phrase, idx)
+                self.refuse(idx, reply.error, outcomes)
                 if reply.error.status == 429:
                     context.set_response_header(idx, "Retry-After", str(self.scheduler.retry_after))
-                outcomes[reply.error.status, reply.error.reason] += 1
                 continue
             if reply.stream:
                 context.set_response_content_type(idx, "application/x-ndjson")
             if reply.ends is not False:
                 outcomes["ok", "ok"] += 1
-        for (outcome, reason), count in outcomes.items():
-            self.metrics.emit("transerve_requests_total", count, outcome, reason)
+        self.count_outcomes(outcomes)
         self.count_step(self.scheduler)
         context.stopping_criteria = [lambda _answer, ends=reply.ends: ends for reply in replies]
         return [reply.body for reply in replies]
@@ -186,15 +185,13 @@ class TransformersHandler(BaseHandler):
         started = time.perf_counter()
         items, outputs = data
         answers, position, inputs = [], 0, 0
-        # Counted per batch, not per request: each emit is a line the frontend parses.
         outcomes: Counter[tuple] = Counter()
         for idx, item in enumerate(items):
             self.end_grpc_stream(idx)
             error = item if isinstance(item, InputError) else item.error
             if error is not None:
-                self.context.set_response_status(error.status, error.phrase, idx)
+                self.refuse(idx, error, outcomes)
                 answers.append(error.body())
-                outcomes[error.status, error.reason] += 1
                 continue
             own = outputs[position : position + item.size]
             position += item.size
@@ -205,12 +202,21 @@ class TransformersHandler(BaseHandler):
             answers.append(answer if isinstance(answer, str) else json.dumps(answer))
             outcomes["ok", "ok"] += 1
             inputs += item.size
-        for (outcome, reason), count in outcomes.items():
-            self.metrics.emit("transerve_requests_total", count, outcome, reason)
+        self.count_outcomes(outcomes)
         if inputs:
             self.metrics.emit("transerve_inputs_total", inputs)
         self.metrics.emit("transerve_postprocess_seconds", time.perf_counter() - started)
         return answers
+
+    def refuse(self, idx: int, error: InputError, outcomes: Counter) -> None:
+        """Request `idx`'s own 4xx: the one place a status phrase is handed to TorchServe."""
+        self.context.set_response_status(error.status, error.phrase, idx)
+        outcomes[error.status, error.reason] += 1
+
+    def count_outcomes(self, outcomes: Counter) -> None:
+        # Counted per batch, not per request: each emit is a line the frontend parses.
+        for (outcome, reason), count in outcomes.items():
+            self.metrics.emit("transerve_requests_total", count, outcome, reason)
 
     def end_grpc_stream(self, idx: int) -> None:
         """Mark the last reply to a gRPC request as the end of its stream.
