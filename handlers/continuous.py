@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from handlers.config import short
 from handlers.payload import InputError
 from handlers.tasks.base import Item
-from handlers.tasks.decoding import Decoder, Row, end
+from handlers.tasks.decoding import Row, end
 from handlers.tasks.generation import GenerationTask, Prompts
 
 RETRY_AFTER_SECONDS = 1  # what a 429 (max_waiting reached) asks the client to wait
@@ -71,7 +71,7 @@ class ContinuousScheduler:
 
     def __init__(self, task: GenerationTask):
         self.task, self.cfg = task, task.cfg
-        self.decoder = Decoder(task.model, task.tokenizer, task.eos, task.pad_id, emit=self._collect)
+        self.decoder = task.decoder(self._collect)
         self.requests: dict[str, Running] = {}  # by TorchServe's request id
         self.waiting: deque[str] = deque()
         self.owner: dict[int, Running] = {}  # id(row) -> its request, for streamed parts
@@ -191,11 +191,7 @@ class ContinuousScheduler:
         prompts: Prompts | None = self.task.collate([item])
         if item.error is not None:
             return Reply(item.error.body(), None, item.error)
-        decoder = Decoder(self.task.model, self.task.tokenizer, self.task.eos, self.task.pad_id)
-        decoder.admit(prompts.rows)
-        while decoder.rows:
-            decoder.step()
-        return Reply(self.answer(item, prompts.rows), None, stream=item.payload.stream)
+        return Reply(self.answer(item, self.task.decoder().run(prompts.rows)), None, stream=item.payload.stream)
 
     def reply(self, rid: str) -> Reply:
         running = self.requests[rid]

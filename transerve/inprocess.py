@@ -90,17 +90,11 @@ class LocalWorker:
         frontend would (`read_frames`). A frame the frontend could not read raises
         FrameError: in a real server it costs the worker its life. With `grpc`, the requests
         come as TorchServe's gRPC API sends them: the input parameter alone, no HTTP headers."""
-        _, batch = retrieve_msg(_Conn(request_frame(requests, http_headers=not grpc)))
-        socket = _Recorder()
-        self.service.cl_socket = socket  # where intermediate (streamed) replies go
-        reply = self.service.predict(batch)
+        frame, intermediate = self.exchange(request_frame(requests, http_headers=not grpc))
         streamed: dict[str, list[str]] = {}
-        for frame in read_frames(bytes(socket.sent)):
-            for part in frame.parts:
+        for sent in intermediate:
+            for part in sent.parts:
                 streamed.setdefault(part.request_id, []).append(part.body.decode("utf-8"))
-        [frame] = read_frames(bytes(reply))
-        if frame.code != 200:  # the whole batch failed outside the handler's per-request statuses
-            raise WorkerError(f"the worker answered the batch with {frame.code} {frame.message!r}")
         answers = []
         for part in frame.parts:
             text = part.body.decode("utf-8")
@@ -110,6 +104,17 @@ class LocalWorker:
                 body = text
             answers.append(Answer(part.status, body, part.phrase, streamed.get(part.request_id, []), part.headers))
         return answers
+
+    def exchange(self, request: bytes) -> tuple[Frame, list[Frame]]:
+        """One request frame in, as TorchServe's own protocol code reads it; the reply frame
+        and the intermediate (streamed) frames sent before it out, as the frontend reads them."""
+        _, batch = retrieve_msg(_Conn(request))
+        socket = _Recorder()
+        self.service.cl_socket = socket
+        [reply] = read_frames(bytes(self.service.predict(batch)))
+        if reply.code != 200:  # the whole batch failed outside the handler's per-request statuses
+            raise WorkerError(f"the worker answered the batch with {reply.code} {reply.message!r}")
+        return reply, read_frames(bytes(socket.sent))
 
     def continuous(self, batch_size: int | None = None) -> "ContinuousDriver":
         """TorchServe's continuous batching around this worker (runtime continuousBatching)."""
@@ -282,7 +287,6 @@ class ContinuousDriver:
     def __init__(self, worker: LocalWorker, batch_size: int):
         self.worker, self.batch_size = worker, batch_size
         self.jobs: list[Job] = []
-        self.calls = 0
 
     def submit(self, body: Any, grpc: bool = False, path: str | None = None) -> Job:
         """A request: over gRPC, or over REST with `path` after the version (url_path)."""
@@ -298,17 +302,12 @@ class ContinuousDriver:
 
     def call(self) -> None:
         jobs = self.active
-        frame = _frame([(j.id, j.content_type, None if j.parts else j.body, j.headers) for j in jobs])
-        _, batch = retrieve_msg(_Conn(frame))
-        self.worker.service.cl_socket = _Recorder()
-        [reply] = read_frames(bytes(self.worker.service.predict(batch)))
-        if reply.code != 200:
-            raise WorkerError(f"the worker answered the call with {reply.code} {reply.message!r}")
+        reply, _ = self.worker.exchange(_frame([(j.id, j.content_type, None if j.parts else j.body, j.headers)
+                                                 for j in jobs]))
         by_id = {job.id: job for job in jobs}
         assert [part.request_id for part in reply.parts] == [job.id for job in jobs]
         for part in reply.parts:
             by_id[part.request_id].parts.append(part)
-        self.calls += 1
 
     def run(self, until=None, max_calls: int = 5000) -> None:
         """Call until no job is active (or `until()` holds)."""

@@ -98,6 +98,13 @@ class Decoder:
         self.logits = torch.cat([self.logits, logits])
         self.rows += rows
 
+    def run(self, rows: list[Row]) -> list[Row]:
+        """Static batching: admit the rows, then step until every one is finished."""
+        self.admit(rows)
+        while self.rows:
+            self.step()
+        return rows
+
     def step(self) -> list[Row]:
         """One token for every running row; the rows that finished (or ran out of time) leave
         and are returned."""

@@ -190,17 +190,12 @@ class GenerationTask(Task):
     def forward(self, batch: Prompts) -> list:
         """Static batching: every row admitted at once and decoded to its end."""
         batch.started_at = time.perf_counter()
-        decoder = self.decoder()
-        decoder.admit(batch.rows)
-        while decoder.rows:
-            decoder.step()
-        return batch.rows
+        emit = self.emit  # TorchServe's intermediate response, by request index
+        return self.decoder(None if emit is None else lambda row, chunk: emit(row.item.index, chunk)).run(batch.rows)
 
-    def decoder(self) -> Decoder:
-        """A decoder over this model whose streamed parts go to `emit` by request index."""
-        emit = self.emit
-        return Decoder(self.model, self.tokenizer, self.eos, self.pad_id,
-                       emit=None if emit is None else lambda row, chunk: emit(row.item.index, chunk))
+    def decoder(self, emit: Callable[[Row, str], None] | None = None) -> Decoder:
+        """A decoder over this model; `emit(row, chunk)` gets each streamed part."""
+        return Decoder(self.model, self.tokenizer, self.eos, self.pad_id, emit)
 
     def usage(self, batch: Prompts) -> Usage:
         rows = batch.rows

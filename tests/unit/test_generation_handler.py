@@ -211,10 +211,7 @@ def rows_for(worker, bodies):
 
 
 def decoder_for(worker):
-    from handlers.tasks.decoding import Decoder
-
-    task = worker.handler.task
-    return Decoder(task.model, task.tokenizer, task.eos, task.pad_id)
+    return worker.handler.task.decoder()
 
 
 def run_to_end(decoder, rows=(), joining=(), after: int = 0):
