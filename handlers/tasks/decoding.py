@@ -143,7 +143,21 @@ class Decoder:
         index = torch.tensor(keep, device=self.device)
         self.cache.batch_select_indices(index)
         self.mask, self.seen, self.logits = self.mask[index], self.seen[index], self.logits[index]
+        self.trim()
         return index
+
+    def trim(self) -> None:
+        """Drop the left columns that no running row attends to: padding left behind by longer
+        rows that went. Without this a batch that never empties (continuous batching under
+        steady load) would keep every position it ever held, in memory and in every step's
+        attention. Positions come from each row's own mask, so dropping them changes nothing."""
+        used = self.mask.any(0).nonzero()
+        start = int(used[0]) if len(used) else self.mask.shape[1]
+        if start == 0:
+            return
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
 
     def forward(self, ids, mask, positions, cache) -> torch.Tensor:
         """The next-token logits of every row (float32)."""

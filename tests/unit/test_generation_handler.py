@@ -265,3 +265,29 @@ def test_a_seeded_row_samples_the_same_text_when_it_joins_late(worker):
     with torch.inference_mode():
         run_to_end(decoder_for(worker), running, [late], after=5)
     assert late.tokens == alone.tokens and late.text == alone.text
+
+
+def test_a_batch_that_never_empties_keeps_only_the_positions_its_rows_use(worker, reference):
+    """Rows leave and join for many steps (continuous batching under steady load): the cache
+    is as wide as the running rows need, not every position the batch ever held, and the
+    rows still decode generate's tokens."""
+    _, tokenizer = reference
+    decoder = decoder_for(worker)
+    widest, finished = 0, []
+    bodies = [{"inputs": PROMPTS[(3, 0, 1)[n % 3]], "parameters": {"max_new_tokens": 6 + n % 4}} for n in range(9)]
+    with torch.inference_mode():
+        for body in bodies:
+            decoder.admit(rows_for(worker, [body]))
+            for _ in range(3):
+                finished += decoder.step()
+            widest = max(widest, decoder.mask.shape[1])
+            need = max(len(r.prompt) + len(r.tokens) for r in decoder.rows) if decoder.rows else 0
+            assert decoder.mask.shape[1] <= need + 1  # +1: the chosen token not yet fed back
+            assert all(layer.keys.shape[-2] == decoder.mask.shape[1] for layer in decoder.cache.layers) or not decoder.rows
+        while decoder.rows:
+            finished += decoder.step()
+    assert len(finished) == len(bodies)
+    longest = len(tokenizer(PROMPTS[3]).input_ids) + 9
+    assert widest <= longest, (widest, longest)  # without trimming: ~27 steps past the first prompt
+    for row in finished:
+        assert row.tokens == generate(reference, row.prompt, row.max_new)
