@@ -191,7 +191,7 @@ class ContinuousScheduler:
         prompts: Prompts | None = self.task.collate([item])
         if item.error is not None:
             return Reply(item.error.body(), None, item.error)
-        return Reply(self.answer(item, self.task.decoder().run(prompts.rows)), None, stream=item.payload.stream)
+        return Reply(self.task.answer(item, self.task.decoder().run(prompts.rows)), None, stream=item.payload.stream)
 
     def reply(self, rid: str) -> Reply:
         running = self.requests[rid]
@@ -204,14 +204,10 @@ class ContinuousScheduler:
         del self.requests[rid]
         for row in running.rows:
             self.owner.pop(id(row), None)
-        body = self.answer(running.item, running.rows)
+        body = self.task.answer(running.item, running.rows)
         if stream:
             body = "".join(running.chunks) + body
         return Reply(body, None if first else True, stream=stream)
-
-    def answer(self, item: Item, rows: list[Row]) -> str:
-        answer = self.task.encode(item, rows)
-        return answer if isinstance(answer, str) else json.dumps(answer)
 
 
 CANCEL_EXAMPLE = '{"id": "<the x-request-id header of the request to cancel>"}'

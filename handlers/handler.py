@@ -195,11 +195,7 @@ class TransformersHandler(BaseHandler):
                 continue
             own = outputs[position : position + item.size]
             position += item.size
-            if item.payload.kserve_v1:
-                answer = {"predictions": self.task.predictions(item, own)}
-            else:
-                answer = self.task.encode(item, own)
-            answers.append(answer if isinstance(answer, str) else json.dumps(answer))
+            answers.append(self.task.answer(item, own))
             outcomes["ok", "ok"] += 1
             inputs += item.size
         self.count_outcomes(outcomes)

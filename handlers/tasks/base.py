@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ class Task(abc.ABC):
     def predictions(self, item: Item, outputs: list) -> list:
         """KServe V1's answer: one JSON value per instance (what `encode` gives per input)."""
         return self.encode(item, outputs)
+
+    def answer(self, item: Item, outputs: list) -> str:
+        """The body answering one request: KServe V1's {"predictions": ...} when it came in
+        that shape, else `encode`'s answer."""
+        answer = {"predictions": self.predictions(item, outputs)} if item.payload.kserve_v1 else self.encode(item, outputs)
+        return answer if isinstance(answer, str) else json.dumps(answer)
 
     @abc.abstractmethod
     def usage(self, batch: Any) -> Usage:

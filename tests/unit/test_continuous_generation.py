@@ -115,6 +115,15 @@ def test_refusals_grpc_and_one_step_answers_come_in_one_piece(worker, static):
     assert json.loads(one.text.splitlines()[-1])["details"]["generated_tokens"] == 1
 
 
+def test_kserve_v1_instances_are_answered_as_under_static_batching(worker, static):
+    body = {"instances": ["Red, green,", "One, two,"], "parameters": {"max_new_tokens": 6}}
+    driver = worker.continuous()
+    v1 = driver.submit(body)
+    driver.run()
+    assert v1.status == 200 and json.loads(v1.text) == alone(static, body)
+    assert list(json.loads(v1.text)) == ["predictions"]
+
+
 def test_a_step_admits_prompts_within_the_prefill_budget(static):
     worker = LocalWorker(continuous(find_spec("smollm2-chat").version(), prefill_tokens=8), model_dir=None)
     try:
