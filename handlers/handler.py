@@ -7,7 +7,6 @@ class: TorchServe instantiates the only class it finds.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
