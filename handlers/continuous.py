@@ -52,8 +52,12 @@ class Step:
     """What one call did, for the metrics."""
 
     generated: int = 0  # tokens, one per running row
+    admitted: int = 0  # rows that joined the decoder
+    prompt_tokens: int = 0  # their prompts' tokens
     ended: Counter = field(default_factory=Counter)  # rows ended before their end, by reason
+    queue_seconds: list[float] = field(default_factory=list)  # arrival to admission, per request admitted
     first_token_seconds: list[float] = field(default_factory=list)  # from arrival, per row started
+    per_token_seconds: list[float] = field(default_factory=list)  # after the first, per row finished
 
 
 @dataclass
@@ -111,6 +115,8 @@ class ContinuousScheduler:
             self.last.generated = sum(bool(r.tokens) and r.finish != "timeout" for r in stepped)
             self.last.first_token_seconds = [row.first_token_at - self.owner[id(row)].arrived
                                              for row in stepped if len(row.tokens) == 1]
+            self.last.per_token_seconds = [(r.finished_at - r.first_token_at) / (len(r.tokens) - 1)
+                                           for r in ended if len(r.tokens) > 1]
         for idx, rid in enumerate(ids):
             if idx not in replies:
                 replies[idx] = self.reply(rid)
@@ -176,15 +182,19 @@ class ContinuousScheduler:
         while self.waiting:
             running = self.requests[self.waiting[0]]
             size = sum(len(r.prompt) for r in running.rows)
-            if len(self.decoder.rows) + sum(map(len, joining)) + len(running.rows) > self.cfg.max_running:
+            if len(self.decoder.rows) + sum(len(r.rows) for r in joining) + len(running.rows) > self.cfg.max_running:
                 break
             if joining and tokens + size > self.cfg.prefill_tokens:
                 break
             self.waiting.popleft()
-            joining.append(running.rows)
+            joining.append(running)
             tokens += size
         if joining:
-            self.decoder.admit([row for rows in joining for row in rows])
+            rows = [row for request in joining for row in request.rows]
+            self.decoder.admit(rows)
+            now = time.perf_counter()
+            self.last.admitted, self.last.prompt_tokens = len(rows), tokens
+            self.last.queue_seconds = [now - request.arrived for request in joining]
 
     def whole(self, item: Item) -> Reply:
         """A request decoded to its end now, answered in one piece (gRPC)."""

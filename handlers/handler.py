@@ -170,10 +170,17 @@ class TransformersHandler(BaseHandler):
         emit("transerve_generation_waiting_requests", len(scheduler.waiting))
         if step.generated:
             emit("transerve_generated_tokens_total", step.generated)
+        if step.admitted:
+            emit("transerve_generation_rows_admitted_total", step.admitted)
+            emit("transerve_input_tokens_total", step.prompt_tokens)
         for reason, count in step.ended.items():
             emit("transerve_generation_rows_evicted_total", count, reason)
+        for value in step.queue_seconds:
+            emit("transerve_generation_queue_seconds", value)
         for value in step.first_token_seconds:
             emit("transerve_time_to_first_token_seconds", value)
+        for value in step.per_token_seconds:
+            emit("transerve_time_per_output_token_seconds", value)
 
     def count_cuda_memory(self) -> None:
         if self.device.type == "cuda":

@@ -183,3 +183,31 @@ def test_a_path_after_the_version_is_404_under_static_batching(static):
     assert cancel.status == 404 and "needs runtime continuousBatching" in json.loads(cancel.text)["message"]
     assert other.status == 404 and "no such path: 'v1/completions'" in json.loads(other.text)["message"]
     assert plain.status == 200 and json.loads(plain.text) == alone(static, SHORT)
+
+
+def test_step_metrics_count_rows_tokens_and_time_them(worker, caplog):
+    """Every metric continuous batching emits, from the handler's metric lines of one run:
+    two requests, the second joining one step after the first."""
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO)
+    driver = worker.continuous()
+    first = driver.submit({"inputs": ["Red, green,", "One, two,"], "parameters": {"max_new_tokens": 5, "ignore_eos": True}})
+    driver.call()
+    second = driver.submit({**LONG, "parameters": {"max_new_tokens": 6, "ignore_eos": True}})
+    driver.run()
+    lines = [r.getMessage() for r in caplog.records if "[METRICS]transerve_" in r.getMessage()]
+
+    def values(name):
+        return [float(m.group(1)) for line in lines if (m := re.search(rf"\[METRICS\]{name}\.\w+:([-0-9.e]+)\|", line))]
+
+    answers = [json.loads(first.text), json.loads(second.text)]
+    details = [d["details"] for d in answers[0]] + [answers[1]["details"]]
+    assert sum(values("transerve_generated_tokens_total")) == sum(d["generated_tokens"] for d in details) == 16
+    assert sum(values("transerve_input_tokens_total")) == sum(d["prompt_tokens"] for d in details)
+    assert sum(values("transerve_generation_rows_admitted_total")) == 3
+    assert len(values("transerve_generation_queue_seconds")) == 2  # one per request
+    first_token, per_token = values("transerve_time_to_first_token_seconds"), values("transerve_time_per_output_token_seconds")
+    assert len(first_token) == len(per_token) == 3 and all(0 < v < 30 for v in first_token + per_token)
+    assert values("transerve_generation_running_rows")[-1] == 0 and values("transerve_generation_waiting_requests")[-1] == 0
