@@ -1,5 +1,6 @@
-"""smollm2-chat under TorchServe's continuous batching on the real server (a 9.0 variant of
-the spec's version: runtime continuousBatching, max_running 3, max_waiting 2, batchSize 8)."""
+"""smollm2-chat under TorchServe's continuous batching on the real server: a 9.0 variant of
+the spec's default version 2.0 with max_running 3, max_waiting 2 and batchSize 8, so that
+its limits are reached with a few requests."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ SHORT = {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 
 
 @pytest.fixture(scope="module")
 def served(store, management):
-    mv = find_spec(NAME).version("1.0")
-    mv = dataclasses.replace(mv, version=VERSION, runtime=dataclasses.replace(
-        mv.runtime, continuousBatching=True, batchSize=8, maxBatchDelay=5)).with_handler(max_running=3, max_waiting=2)
+    mv = find_spec(NAME).version("2.0")
+    assert mv.runtime.continuousBatching
+    mv = dataclasses.replace(mv, version=VERSION, runtime=dataclasses.replace(mv.runtime, batchSize=8))
+    mv = mv.with_handler(max_running=3, max_waiting=2)
     archive.build(mv, store, log=print)
     management.register(mv.archive_name, initial_workers=1)
     [status] = management.describe(NAME, VERSION)

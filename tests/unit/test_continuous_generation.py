@@ -25,14 +25,14 @@ def continuous(mv, **handler):
 
 @pytest.fixture(scope="module")
 def static():
-    worker = LocalWorker(find_spec("smollm2-chat").version())
+    worker = LocalWorker(find_spec("smollm2-chat").version("1.0"))
     yield worker
     worker.close()
 
 
 @pytest.fixture(scope="module")
 def worker():
-    worker = LocalWorker(continuous(find_spec("smollm2-chat").version()))
+    worker = LocalWorker(continuous(find_spec("smollm2-chat").version("2.0")))
     yield worker
     worker.close()
 
@@ -125,7 +125,7 @@ def test_kserve_v1_instances_are_answered_as_under_static_batching(worker, stati
 
 
 def test_a_step_admits_prompts_within_the_prefill_budget(static):
-    worker = LocalWorker(continuous(find_spec("smollm2-chat").version(), prefill_tokens=8), model_dir=None)
+    worker = LocalWorker(continuous(find_spec("smollm2-chat").version("2.0"), prefill_tokens=8), model_dir=None)
     try:
         driver = worker.continuous()
         jobs = [driver.submit(SHORT) for _ in range(3)]  # 5 prompt tokens each

@@ -104,7 +104,7 @@ def worker(request, minilm, tiny_bert, tmp_path_factory):
     if task == "embedding":
         mv = minilm.version()
     elif task == "generation":  # valid requests decode at most 2 tokens of at most 64-token prompts
-        mv = find_spec("smollm2-chat").version().with_handler(max_new_tokens=2, default_max_new_tokens=1, max_length=64)
+        mv = find_spec("smollm2-chat").version("1.0").with_handler(max_new_tokens=2, default_max_new_tokens=1, max_length=64)
     else:
         model_class = BertForSequenceClassification if task == "classification" else BertForTokenClassification
         mv, _ = tiny_bert(tmp_path_factory.mktemp(task), model_class, task, ["O", "B-PER", "I-PER"])

@@ -17,7 +17,7 @@ PROMPTS = ["The quick brown fox", "Paris is the capital of", "def fibonacci(n):\
 
 @pytest.fixture(scope="module")
 def worker():
-    worker = LocalWorker(find_spec("smollm2-chat").version())
+    worker = LocalWorker(find_spec("smollm2-chat").version("1.0"))
     yield worker
     worker.close()
 
