@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools soak bench deploy-manifests archive clean
+.PHONY: setup serve stop status test test-tools soak bench bench-generation deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ test-tools:
 bench: setup
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/bench.py
+
+# Generation under load (bench/continuous.py): smollm2-chat 1.0 (static batching) against 2.0
+# (continuous batching), closed and open loop, beside raw model.generate; bench/results/CONTINUOUS.md.
+bench-generation: setup
+	$(VENV)/bin/python -m pip install -q -e '.[bench]'
+	$(VENV)/bin/python bench/continuous.py
 
 soak: setup
 	$(VENV)/bin/python bench/soak.py
