@@ -129,12 +129,12 @@ class HandlerConfig:
     default_max_new_tokens: int = 64
     # generation under TorchServe's continuous batching (runtime continuousBatching: true):
     # at most max_running rows decode at once, at most max_waiting requests wait for a row
-    # (more get 429 with Retry-After), and a decode step admits new prompts of at most
-    # prefill_tokens tokens in all (at least one prompt), so a prefill stalls the running rows
-    # for a bounded time.
+    # (more get 429 with Retry-After), and a decode step prefills at most prefill_tokens
+    # prompt tokens (a request whose prompts are longer is prefilled that many a step before
+    # it joins), so a prefill stalls the running rows for a bounded time.
     max_running: int = 16
     max_waiting: int = 16
-    prefill_tokens: int = 512
+    prefill_tokens: int = 256
     # generation: the longest parameters.timeout a request may ask for, in seconds
     max_timeout: int = 600
     # Input limits, checked before anything reaches the model.

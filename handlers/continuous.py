@@ -108,13 +108,14 @@ class ContinuousScheduler:
             elif (refused := self.accept(ids[idx], item)) is not None:
                 replies[idx] = refused
         self.admit()
-        if self.decoder.rows:
-            stepped = list(self.decoder.rows)
+        if self.decoder.busy:
+            stepping = self.decoder.rows + (self.decoder.prefilling.rows if self.decoder.prefilling else [])
+            before = [len(r.tokens) for r in stepping]
             ended = self.decoder.step()
             self.last.ended["timeout"] += sum(r.finish == "timeout" for r in ended)
-            self.last.generated = sum(bool(r.tokens) and r.finish != "timeout" for r in stepped)
+            self.last.generated = sum(len(r.tokens) - n for r, n in zip(stepping, before))
             self.last.first_token_seconds = [row.first_token_at - self.owner[id(row)].arrived
-                                             for row in stepped if len(row.tokens) == 1]
+                                             for row, n in zip(stepping, before) if n == 0 and row.tokens]
             self.last.per_token_seconds = [(r.finished_at - r.first_token_at) / (len(r.tokens) - 1)
                                            for r in ended if len(r.tokens) > 1]
         for idx, rid in enumerate(ids):
@@ -140,10 +141,10 @@ class ContinuousScheduler:
         prompts = self.task.collate([item])
         if item.error is not None:
             return Reply(item.error.body(), None, item.error)
-        free = max(0, self.cfg.max_running - len(self.decoder.rows))  # rows this call can still admit
+        free = max(0, self.cfg.max_running - self.decoder.busy)  # rows this call can still admit
         if len(self.waiting) >= self.cfg.max_waiting + free:
             refused = InputError(
-                f"this model is busy: {len(self.decoder.rows)} rows are decoding and {len(self.waiting)} requests "
+                f"this model is busy: {self.decoder.busy} rows are decoding and {len(self.waiting)} requests "
                 f"are waiting (max_running {self.cfg.max_running}, max_waiting {self.cfg.max_waiting}); "
                 f"retry in {RETRY_AFTER_SECONDS} s", status=429, reason="busy")
             return Reply(refused.body(), None, refused)
@@ -171,18 +172,19 @@ class ContinuousScheduler:
         return True
 
     def admit(self) -> None:
-        """Waiting requests join the decoder while rows are free, up to the prefill budget;
-        those whose deadline passed while they waited end without a token."""
+        """Waiting requests join the decoder while rows are free, up to the prefill budget
+        (prompts past it alone are prefilled `prefill_tokens` a step); those whose deadline
+        passed while they waited end without a token."""
         for rid in list(self.waiting):
             running = self.requests[rid]
             if self.decoder.expire(running.rows) and running.done:
                 self.waiting.remove(rid)
                 self.last.ended["timeout"] += len(running.rows)
         joining, tokens = [], 0
-        while self.waiting:
+        while self.waiting and self.decoder.prefilling is None:  # one chunked prefill at a time
             running = self.requests[self.waiting[0]]
             size = sum(len(r.prompt) for r in running.rows)
-            if len(self.decoder.rows) + sum(len(r.rows) for r in joining) + len(running.rows) > self.cfg.max_running:
+            if self.decoder.busy + sum(len(r.rows) for r in joining) + len(running.rows) > self.cfg.max_running:
                 break
             if joining and tokens + size > self.cfg.prefill_tokens:
                 break
@@ -191,7 +193,9 @@ class ContinuousScheduler:
             tokens += size
         if joining:
             rows = [row for request in joining for row in request.rows]
-            self.decoder.admit(rows)
+            # a request whose prompts alone exceed the budget is prefilled a chunk a step
+            chunk = self.cfg.prefill_tokens // len(rows) if tokens > self.cfg.prefill_tokens else None
+            self.decoder.admit(rows, chunk)
             now = time.perf_counter()
             self.last.admitted, self.last.prompt_tokens = len(rows), tokens
             self.last.queue_seconds = [now - request.arrived for request in joining]

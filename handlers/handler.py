@@ -166,7 +166,7 @@ class TransformersHandler(BaseHandler):
 
     def count_step(self, scheduler) -> None:
         step, emit = scheduler.last, self.metrics.emit
-        emit("transerve_generation_running_rows", len(scheduler.decoder.rows))
+        emit("transerve_generation_running_rows", scheduler.decoder.busy)
         emit("transerve_generation_waiting_requests", len(scheduler.waiting))
         if step.generated:
             emit("transerve_generated_tokens_total", step.generated)

@@ -3,8 +3,12 @@ between steps.
 
     decoder = Decoder(model, tokenizer, eos, pad_id, emit)   # emit(row, chunk): a streamed part
     decoder.admit(rows)          # prefill their prompts, merge them into the running batch
-    while decoder.rows:
+    while decoder.busy:
         finished = decoder.step()  # one token for every running row; finished rows leave
+
+With `admit(rows, chunk)` prompts wider than `chunk` columns are prefilled that many
+columns a step, in a cache of their own, and join the running batch when done: a long
+prompt then stalls the running rows by one chunk's forward a step, not by its whole prefill.
 
 Each row keeps its own parameters (budget, temperature, top_k, top_p, repetition penalty),
 its own random generator (a seed gives the same text whatever else is in the batch) and
@@ -59,9 +63,30 @@ class Row:
         return details
 
 
+@dataclass
+class Prefill:
+    """Rows joining: their left-padded prompts, prefilled `chunk` columns at a time into a
+    cache of their own."""
+
+    rows: list[Row]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    seen: torch.Tensor
+    chunk: int
+    cache: DynamicCache = field(default_factory=DynamicCache)
+    done: int = 0  # columns prefilled
+
+    def select(self, keep: list[int]) -> None:
+        index = torch.tensor(keep, device=self.ids.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.ids, self.mask, self.seen = self.ids[index], self.mask[index], self.seen[index]
+        self.cache.batch_select_indices(index)
+
+
 class Decoder:
     """The running rows and their state: KV cache, attention mask, tokens seen (for the
-    repetition penalty) and the logits of each row's next token."""
+    repetition penalty) and the logits of each row's next token; and the rows being
+    prefilled a chunk a step, if any."""
 
     def __init__(self, model, tokenizer, eos: set[int], pad_id: int, emit: Callable[[Row, str], None] | None = None):
         self.model, self.tokenizer, self.eos, self.pad_id, self.emit = model, tokenizer, eos, pad_id, emit
@@ -70,11 +95,21 @@ class Decoder:
         self.rows: list[Row] = []
         self.cache: DynamicCache | None = None
         self.mask = self.seen = self.logits = None
+        self.prefilling: Prefill | None = None
 
-    def admit(self, rows: list[Row]) -> None:
-        """Prefill the rows' prompts in one forward and join them to the running batch."""
+    @property
+    def busy(self) -> int:
+        """Rows decoding or being prefilled."""
+        return len(self.rows) + (len(self.prefilling.rows) if self.prefilling else 0)
+
+    def admit(self, rows: list[Row], chunk: int | None = None) -> None:
+        """Prefill the rows' prompts and join them to the running batch: now, in one forward,
+        or with `chunk`, when their prompts are wider than that, `chunk` columns in each of the
+        next steps (one chunked prefill at a time)."""
         if not rows:
             return
+        if self.prefilling is not None:
+            raise RuntimeError("a chunked prefill is under way; admit again once it has joined")
         width = max(len(r.prompt) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -83,32 +118,47 @@ class Decoder:
             ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
             mask[i, width - len(r.prompt):] = 1
             seen[i, r.prompt] = True
-        ids, mask, seen = ids.to(self.device), mask.to(self.device), seen.to(self.device)
-        cache = DynamicCache()
-        logits = self.forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+        group = Prefill(list(rows), ids.to(self.device), mask.to(self.device), seen.to(self.device),
+                        chunk=width if chunk is None else max(1, chunk))
+        if group.chunk >= width:
+            self.prefill(group)
+        else:
+            self.prefilling = group
+
+    def prefill(self, group: Prefill) -> None:
+        """Prefill the group's next chunk; the whole prompt done, its rows join the running batch."""
+        end = min(group.done + group.chunk, group.ids.shape[1])
+        positions = (group.mask.cumsum(-1) - 1).clamp(min=0)[:, group.done:end]
+        logits = self.forward(group.ids[:, group.done:end], group.mask[:, :end], positions, group.cache)
+        group.done = end
+        if end < group.ids.shape[1]:
+            return
+        self.prefilling = None
         if not self.rows:
-            self.rows, self.cache, self.mask, self.seen, self.logits = list(rows), cache, mask, seen, logits
+            self.rows, self.cache, self.mask, self.seen, self.logits = group.rows, group.cache, group.mask, group.seen, logits
             return
         # Both batches left-padded to the longer one, then stacked: padding is masked out,
         # and positions come from each row's own mask.
-        width = max(self.mask.shape[1], mask.shape[1])
-        merge_caches(self.cache, cache, width)
-        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
-        self.seen = torch.cat([self.seen, seen])
+        width = max(self.mask.shape[1], group.mask.shape[1])
+        merge_caches(self.cache, group.cache, width)
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(group.mask, width)])
+        self.seen = torch.cat([self.seen, group.seen])
         self.logits = torch.cat([self.logits, logits])
-        self.rows += rows
+        self.rows += group.rows
 
     def run(self, rows: list[Row]) -> list[Row]:
         """Static batching: admit the rows, then step until every one is finished."""
         self.admit(rows)
-        while self.rows:
+        while self.busy:
             self.step()
         return rows
 
     def step(self) -> list[Row]:
-        """One token for every running row; the rows that finished (or ran out of time) leave
-        and are returned."""
-        late = self.expire(self.rows)
+        """The next chunk of a chunked prefill, if any, then one token for every running row;
+        the rows that finished (or ran out of time) leave and are returned."""
+        late = self.expire(self.rows + (self.prefilling.rows if self.prefilling else []))
+        if self.prefilling is not None:
+            self.prefill(self.prefilling)
         if not self.rows:
             return late
         chosen = self.choose(self.logits, self.rows, self.seen)
@@ -127,13 +177,20 @@ class Decoder:
         late = [r for r in rows if r.finish is None and r.deadline is not None and now >= r.deadline]
         for row in late:
             end(row, "timeout")
-        self.evict([r for r in late if any(r is mine for mine in self.rows)])
+        self.evict(late)
         return late
 
     def evict(self, rows: list[Row]) -> torch.Tensor | None:
-        """Drop rows from the batch and the cache; the kept rows' indices (None: all kept)."""
+        """Drop rows from the batch (or the prefill) and the cache; the kept running rows'
+        indices (None: all kept)."""
         gone = {id(r) for r in rows}
-        if not gone:
+        if self.prefilling is not None and any(id(r) in gone for r in self.prefilling.rows):
+            keep = [i for i, r in enumerate(self.prefilling.rows) if id(r) not in gone]
+            if keep:
+                self.prefilling.select(keep)
+            else:
+                self.prefilling = None
+        if not any(id(r) in gone for r in self.rows):
             return None
         keep = [i for i, r in enumerate(self.rows) if id(r) not in gone]
         self.rows = [self.rows[i] for i in keep]

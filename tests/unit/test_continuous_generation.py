@@ -139,6 +139,68 @@ def test_a_step_admits_prompts_within_the_prefill_budget(static):
         worker.close()
 
 
+def test_a_prompt_past_the_budget_is_prefilled_a_chunk_a_step_while_the_others_decode(static):
+    """prefill_tokens 8: LONG's 15-token prompt takes 2 steps of at most 8 columns; the
+    running request gets a token in each of them; both answers are static batching's."""
+    worker = LocalWorker(continuous(find_spec("smollm2-chat").version("2.0"), prefill_tokens=8), model_dir=None)
+    try:
+        driver = worker.continuous()
+        decoder = worker.handler.scheduler.decoder
+        running = driver.submit({**SHORT, "parameters": {"max_new_tokens": 12}, "stream": True})
+        driver.call()
+        widths = []
+        forward = decoder.forward
+
+        def spy(ids, *args):
+            widths.append(ids.shape)
+            return forward(ids, *args)
+
+        decoder.forward = spy
+        long = driver.submit(LONG)
+        steps = 0
+        while decoder.prefilling is not None or not any(long.parts):
+            before = len(running.parts)
+            driver.call()
+            steps += 1
+            assert len(running.parts) == before + 1  # a token for the running row every call
+            if steps == 1:
+                assert decoder.prefilling is not None and decoder.busy == 2
+        decoder.forward = forward
+        prompt = len(worker.handler.task.tokenizer(LONG["inputs"]).input_ids)
+        prefills = [shape for shape in widths if shape[0] == 1 and shape[1] > 1]
+        assert prompt > 8 and [w for _, w in prefills] == [8] * (prompt // 8) + ([prompt % 8] if prompt % 8 else [])
+        driver.run()
+        assert json.loads(long.text) == alone(static, LONG)
+        lines = [json.loads(line) for line in running.text.splitlines() if line]
+        assert "".join(line["text"] for line in lines) == alone(static, {**SHORT, "parameters": {"max_new_tokens": 12}})["generated_text"]
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("how", ["disconnected", "cancelled"])
+def test_a_request_that_ends_while_prefilled_leaves_no_trace(static, how):
+    worker = LocalWorker(continuous(find_spec("smollm2-chat").version("2.0"), prefill_tokens=4), model_dir=None)
+    try:
+        driver = worker.continuous()
+        scheduler = worker.handler.scheduler
+        target = driver.submit(LONG)
+        driver.call()
+        assert scheduler.decoder.prefilling is not None
+        if how == "disconnected":
+            target.gone = True
+        else:
+            cancel = driver.submit({"id": target.id}, path="cancel")
+        driver.call()
+        assert scheduler.decoder.prefilling is None and scheduler.decoder.busy == 0 and not scheduler.requests
+        if how == "cancelled":
+            assert cancel.status == 200 and json.loads(target.text)["details"]["finish_reason"] == "cancelled"
+        after = driver.submit(SHORT)
+        driver.run()
+        assert json.loads(after.text) == alone(static, SHORT)
+    finally:
+        worker.close()
+
+
 def test_a_deadline_ends_a_row_with_finish_reason_timeout(worker, static):
     driver = worker.continuous()
     timed = driver.submit({**LONG, "parameters": {**LONG["parameters"], "timeout": 0.3}, "stream": True})

@@ -291,3 +291,32 @@ def test_a_batch_that_never_empties_keeps_only_the_positions_its_rows_use(worker
     assert widest <= longest, (widest, longest)  # without trimming: ~27 steps past the first prompt
     for row in finished:
         assert row.tokens == generate(reference, row.prompt, row.max_new)
+
+
+@pytest.mark.parametrize("chunk", [3, 7])
+def test_a_row_prefilled_in_chunks_is_token_for_token_generate(worker, reference, chunk):
+    """A long prompt prefilled `chunk` columns a step while other rows decode: it and they
+    still decode generate's tokens; a sampled row keeps its seeded text."""
+    _, tokenizer = reference
+    running = rows_for(worker, [{"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 16}},
+                                {"inputs": PROMPTS[2], "parameters": {"max_new_tokens": 16, "temperature": 0.8, "seed": 5}}])
+    [alone] = rows_for(worker, [{"inputs": PROMPTS[2], "parameters": {"max_new_tokens": 16, "temperature": 0.8, "seed": 5}}])
+    joining = rows_for(worker, [{"inputs": PROMPTS[3], "parameters": {"max_new_tokens": 12}},
+                                {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 12}}])
+    decoder = decoder_for(worker)
+    with torch.inference_mode():
+        run_to_end(decoder_for(worker), [alone])
+        decoder.admit(running)
+        decoder.step()
+        decoder.admit(joining, chunk=chunk)
+        steps = 0
+        while decoder.prefilling is not None:
+            decoder.step()
+            steps += 1
+        while decoder.busy:
+            decoder.step()
+    width = len(tokenizer(PROMPTS[3]).input_ids)
+    assert steps == -(-width // chunk)  # ceil: one chunk a step
+    for prompt, row in ((PROMPTS[1], running[0]), (PROMPTS[3], joining[0]), (PROMPTS[0], joining[1])):
+        assert row.tokens == generate(reference, tokenizer(prompt).input_ids, row.max_new), prompt
+    assert running[1].tokens == alone.tokens
