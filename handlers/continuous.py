@@ -66,6 +66,7 @@ class Reply:
     ends: bool | None  # the stopping criterion: False goes on, True ends, None answers in one piece
     error: InputError | None = None
     stream: bool = False  # NDJSON parts
+    inputs: int = 0  # prompts answered, on a request's last reply
 
 
 class ContinuousScheduler:
@@ -205,7 +206,8 @@ class ContinuousScheduler:
         prompts: Prompts | None = self.task.collate([item])
         if item.error is not None:
             return Reply(item.error.body(), None, item.error)
-        return Reply(self.task.answer(item, self.task.decoder().run(prompts.rows)), None, stream=item.payload.stream)
+        return Reply(self.task.answer(item, self.task.decoder().run(prompts.rows)), None, stream=item.payload.stream,
+                     inputs=item.size)
 
     def reply(self, rid: str) -> Reply:
         running = self.requests[rid]
@@ -221,7 +223,7 @@ class ContinuousScheduler:
         body = self.task.answer(running.item, running.rows)
         if stream:
             body = "".join(running.chunks) + body
-        return Reply(body, None if first else True, stream=stream)
+        return Reply(body, None if first else True, stream=stream, inputs=running.item.size)
 
 
 CANCEL_EXAMPLE = '{"id": "<the x-request-id header of the request to cancel>"}'

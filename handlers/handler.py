@@ -107,6 +107,8 @@ class TransformersHandler(BaseHandler):
             if reply.ends is not False:
                 outcomes["ok", "ok"] += 1
         self.count_outcomes(outcomes)
+        if inputs := sum(reply.inputs for reply in replies if reply.error is None):
+            self.metrics.emit("transerve_inputs_total", inputs)
         self.count_step(self.scheduler)
         context.stopping_criteria = [lambda _answer, ends=reply.ends: ends for reply in replies]
         return [reply.body for reply in replies]

@@ -268,7 +268,7 @@ def test_step_metrics_count_rows_tokens_and_time_them(worker, caplog):
     details = [d["details"] for d in answers[0]] + [answers[1]["details"]]
     assert sum(values("transerve_generated_tokens_total")) == sum(d["generated_tokens"] for d in details) == 16
     assert sum(values("transerve_input_tokens_total")) == sum(d["prompt_tokens"] for d in details)
-    assert sum(values("transerve_generation_rows_admitted_total")) == 3
+    assert sum(values("transerve_generation_rows_admitted_total")) == sum(values("transerve_inputs_total")) == 3
     assert len(values("transerve_generation_queue_seconds")) == 2  # one per request
     first_token, per_token = values("transerve_time_to_first_token_seconds"), values("transerve_time_per_output_token_seconds")
     assert len(first_token) == len(per_token) == 3 and all(0 < v < 30 for v in first_token + per_token)
