@@ -49,7 +49,8 @@ def test_prometheus_counts_exactly_the_requests_sent(torchserve, prometheus, min
 def test_prometheus_loaded_the_shipped_rules_and_evaluates_them(prometheus, minilm_registered):
     groups = requests.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     names = {rule["name"] for group in groups for rule in group["rules"]}
-    assert {"transerve:requests_refused:ratio_rate5m", "TranserveWorkerRestarts", "TranserveServerErrors"} <= names
+    assert {"transerve:requests_refused:ratio_rate5m", "TranserveWorkerRestarts", "TranserveServerErrors",
+            "transerve:generation_queue_seconds:p99_rate5m", "TranserveGenerationBusy"} <= names
     assert all(rule["health"] == "ok" for group in groups for rule in group["rules"]), groups
     loads = prometheus.value(f'sum(transerve_worker_loads_total{{model_name="{NAME}", model_version="1.0"}})')
     assert loads >= 1
