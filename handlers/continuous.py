@@ -110,15 +110,14 @@ class ContinuousScheduler:
                 replies[idx] = refused
         self.admit()
         if self.decoder.busy:
-            stepping = self.decoder.rows + (self.decoder.prefilling.rows if self.decoder.prefilling else [])
+            stepping = self.decoder.active
             before = [len(r.tokens) for r in stepping]
             ended = self.decoder.step()
             self.last.ended["timeout"] += sum(r.finish == "timeout" for r in ended)
             self.last.generated = sum(len(r.tokens) - n for r, n in zip(stepping, before))
             self.last.first_token_seconds = [row.first_token_at - self.owner[id(row)].arrived
                                              for row, n in zip(stepping, before) if n == 0 and row.tokens]
-            self.last.per_token_seconds = [(r.finished_at - r.first_token_at) / (len(r.tokens) - 1)
-                                           for r in ended if len(r.tokens) > 1]
+            self.last.per_token_seconds = [r.per_token_seconds for r in ended if r.per_token_seconds is not None]
         for idx, rid in enumerate(ids):
             if idx not in replies:
                 replies[idx] = self.reply(rid)

@@ -27,6 +27,17 @@ def minilm():
 
 
 @pytest.fixture(scope="session")
+def chat_static():
+    """smollm2-chat 1.0 (static batching) loaded in-process once, for every module that
+    generates with it or checks answers against it."""
+    from transerve.inprocess import LocalWorker
+
+    worker = LocalWorker(find_spec("smollm2-chat").version("1.0"))
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="session")
 def store(tmp_path_factory, minilm):
     """A model store holding minilm-embed 1.0 and 1.1, built once for every test."""
     path = tmp_path_factory.mktemp("model_store")

@@ -56,6 +56,11 @@ class Row:
     first_token_at: float = 0.0  # perf_counter() times, for the metrics
     finished_at: float = 0.0
 
+    @property
+    def per_token_seconds(self) -> float | None:
+        """Mean time per token after the first, once finished (None with fewer than 2 tokens)."""
+        return (self.finished_at - self.first_token_at) / (len(self.tokens) - 1) if len(self.tokens) > 1 else None
+
     def details(self) -> dict:
         details = {"finish_reason": self.finish, "prompt_tokens": len(self.prompt), "generated_tokens": len(self.tokens)}
         if self.sample:
@@ -98,9 +103,13 @@ class Decoder:
         self.prefilling: Prefill | None = None
 
     @property
+    def active(self) -> list[Row]:
+        """Rows decoding, then rows being prefilled."""
+        return self.rows + (self.prefilling.rows if self.prefilling else [])
+
+    @property
     def busy(self) -> int:
-        """Rows decoding or being prefilled."""
-        return len(self.rows) + (len(self.prefilling.rows) if self.prefilling else 0)
+        return len(self.active)
 
     def admit(self, rows: list[Row], chunk: int | None = None) -> None:
         """Prefill the rows' prompts and join them to the running batch: now, in one forward,
@@ -156,7 +165,7 @@ class Decoder:
     def step(self) -> list[Row]:
         """The next chunk of a chunked prefill, if any, then one token for every running row;
         the rows that finished (or ran out of time) leave and are returned."""
-        late = self.expire(self.rows + (self.prefilling.rows if self.prefilling else []))
+        late = self.expire(self.active)
         if self.prefilling is not None:
             self.prefill(self.prefilling)
         if not self.rows:

@@ -203,7 +203,7 @@ class GenerationTask(Task):
             input_tokens=sum(len(r.prompt) for r in rows),
             generated_tokens=sum(len(r.tokens) for r in rows),
             first_token_seconds=[r.first_token_at - batch.started_at for r in rows],
-            per_token_seconds=[(r.finished_at - r.first_token_at) / (len(r.tokens) - 1) for r in rows if len(r.tokens) > 1],
+            per_token_seconds=[r.per_token_seconds for r in rows if r.per_token_seconds is not None],
         )
 
     def encode(self, item: Item, outputs: list) -> dict | list | str:

@@ -24,10 +24,8 @@ def continuous(mv, **handler):
 
 
 @pytest.fixture(scope="module")
-def static():
-    worker = LocalWorker(find_spec("smollm2-chat").version("1.0"))
-    yield worker
-    worker.close()
+def static(chat_static):
+    return chat_static
 
 
 @pytest.fixture(scope="module")

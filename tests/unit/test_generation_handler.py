@@ -8,18 +8,14 @@ import json
 import pytest
 import torch
 
-from transerve.inprocess import LocalWorker
-from transerve.spec import find_spec
 
 CHAT = [{"role": "user", "content": "Name three colours of the rainbow."}]
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def fibonacci(n):\n    ", "Once upon a time, in a small village by the sea, there lived"]
 
 
 @pytest.fixture(scope="module")
-def worker():
-    worker = LocalWorker(find_spec("smollm2-chat").version("1.0"))
-    yield worker
-    worker.close()
+def worker(chat_static):
+    return chat_static
 
 
 @pytest.fixture(scope="module")
