@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from handlers.config import short
 from handlers.payload import InputError
+from handlers.protocols import render
 from handlers.tasks.base import Item
 from handlers.tasks.decoding import Row, end
 from handlers.tasks.generation import GenerationTask, Prompts
@@ -64,8 +65,8 @@ class Step:
 class Reply:
     body: str
     ends: bool | None  # the stopping criterion: False goes on, True ends, None answers in one piece
-    error: InputError | None = None
-    stream: bool = False  # NDJSON parts
+    error: InputError | None = None  # a refusal: the handler writes its body in the request's protocol
+    content_type: str | None = None  # a streamed response's (NDJSON, SSE)
     inputs: int = 0  # prompts answered, on a request's last reply
 
 
@@ -83,8 +84,9 @@ class ContinuousScheduler:
         self.evicted = 0  # rows dropped because their client went away, in all
         self.last = Step()
 
-    def _collect(self, row: Row, chunk: str) -> None:
-        self.owner[id(row)].chunks.append(chunk)
+    def _collect(self, row: Row, text: str) -> None:
+        item = self.owner[id(row)].item
+        self.owner[id(row)].chunks.append(item.payload.wire.delta(item, text))
 
     def iterate(self, ids: list[str], new: dict[int, Item | InputError], grpc: set[int],
                 cancels: dict[int, str] | None = None) -> list[Reply]:
@@ -100,10 +102,10 @@ class ContinuousScheduler:
             else:
                 refused = InputError(f"no running request with id {short(rid)}: it ended, or never ran on this worker",
                                      status=404, reason="unknown_request")
-                replies[idx] = Reply(refused.body(), None, refused)
+                replies[idx] = Reply("", None, refused)
         for idx, item in new.items():
             if isinstance(item, InputError):
-                replies[idx] = Reply(item.body(), None, item)
+                replies[idx] = Reply("", None, item)
             elif idx in grpc:
                 replies[idx] = self.whole(item)
             elif (refused := self.accept(ids[idx], item)) is not None:
@@ -140,14 +142,14 @@ class ContinuousScheduler:
     def accept(self, rid: str, item: Item) -> Reply | None:
         prompts = self.task.collate([item])
         if item.error is not None:
-            return Reply(item.error.body(), None, item.error)
+            return Reply("", None, item.error)
         free = max(0, self.cfg.max_running - self.decoder.busy)  # rows this call can still admit
         if len(self.waiting) >= self.cfg.max_waiting + free:
             refused = InputError(
                 f"this model is busy: {self.decoder.busy} rows are decoding and {len(self.waiting)} requests "
                 f"are waiting (max_running {self.cfg.max_running}, max_waiting {self.cfg.max_waiting}); "
                 f"retry in {RETRY_AFTER_SECONDS} s", status=429, reason="busy")
-            return Reply(refused.body(), None, refused)
+            return Reply("", None, refused)
         running = Running(item, prompts.rows)
         for row in running.rows:
             self.owner[id(row)] = running
@@ -204,25 +206,28 @@ class ContinuousScheduler:
         """A request decoded to its end now, answered in one piece (gRPC)."""
         prompts: Prompts | None = self.task.collate([item])
         if item.error is not None:
-            return Reply(item.error.body(), None, item.error)
-        return Reply(self.task.answer(item, self.task.decoder().run(prompts.rows)), None, stream=item.payload.stream,
-                     inputs=item.size)
+            return Reply("", None, item.error)
+        return Reply(render(self.task, item, self.task.decoder().run(prompts.rows)), None,
+                     content_type=streamed(item), inputs=item.size)
 
     def reply(self, rid: str) -> Reply:
         running = self.requests[rid]
-        first, stream = running.replies == 0, running.item.payload.stream
+        first, stream = running.replies == 0, streamed(running.item)
         running.replies += 1
         if not running.done:
             body = "".join(running.chunks) if stream else ""
             running.chunks.clear()
-            return Reply(body, False, stream=stream)
+            return Reply(body, False, content_type=stream)
         del self.requests[rid]
         for row in running.rows:
             self.owner.pop(id(row), None)
-        body = self.task.answer(running.item, running.rows)
-        if stream:
-            body = "".join(running.chunks) + body
-        return Reply(body, None if first else True, stream=stream, inputs=running.item.size)
+        body = "".join(running.chunks) + render(self.task, running.item, running.rows)
+        return Reply(body, None if first else True, content_type=stream, inputs=running.item.size)
+
+
+def streamed(item: Item) -> str | None:
+    """The content type of a streamed request's response; None when it is not streamed."""
+    return item.payload.wire.stream_content_type if item.payload.stream else None
 
 
 CANCEL_EXAMPLE = '{"id": "<the x-request-id header of the request to cancel>"}'

@@ -15,10 +15,12 @@ import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.config import HandlerConfig, short
+from handlers.config import HandlerConfig
 from handlers.device import configure_threads, pick_device
 from handlers.metrics import HandlerMetrics
-from handlers.payload import InputError, Payload, decode
+from handlers.payload import InputError
+from handlers.protocols import Protocol, for_route, render
+from handlers.protocols.hf import HF
 from handlers.tasks import task_class
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,9 @@ class TransformersHandler(BaseHandler):
         self.task = task_class(self.cfg.task)()
         self.task.load(properties["model_dir"], self.cfg, self.device)
         if self.task.streams:
-            self.task.emit = self.send_chunk
+            self.task.emit = self.send_delta
+        self.model_name = context.model_name
+        self.wires: dict[int, Protocol] = {}  # this call's requests' protocols, by index
         # TorchServe's continuous batching: one decode step per call (handlers/continuous.py)
         self.scheduler = None
         if (context.model_yaml_config or {}).get("continuousBatching"):
@@ -58,14 +62,15 @@ class TransformersHandler(BaseHandler):
             time.perf_counter() - started,
         )
 
-    def decode(self, idx: int, row) -> Payload:
-        """Request `idx`'s body; a path after the version is refused unless this mode serves it."""
+    def parse(self, idx: int, row):
+        """Request `idx` read by the protocol its path names (handlers/protocols), then by the
+        task; InputError when refused, written in that protocol once it is known."""
+        self.wires[idx] = HF()
         route = self.context.get_request_header(idx, "url_path")
-        if route:
-            served = " (POST .../<version>/cancel needs runtime continuousBatching)" if route == "cancel" else ""
-            raise InputError(f"no such path: {short(route)} after the model version{served}", status=404,
-                             reason="unknown_path")
-        return decode(row, self.cfg.max_inputs_per_request, self.cfg.max_chars_per_input)
+        wire = self.wires[idx] = for_route(route, self.model_name, self.context.request_ids[idx])
+        item = self.task.parse(wire.decode(row, self.task))
+        item.index = idx
+        return item
 
     def handle(self, data, context):
         if self.scheduler is None:
@@ -78,6 +83,7 @@ class TransformersHandler(BaseHandler):
         self.context = context
         ids = [context.request_ids[idx] for idx in range(len(data))]
         new, grpc, cancels = {}, set(), {}
+        self.wires = {}
         for idx, row in enumerate(data):
             if ids[idx] in self.scheduler.requests:
                 continue  # a running request: TorchServe sends it again without its body
@@ -87,8 +93,7 @@ class TransformersHandler(BaseHandler):
                 if context.get_request_header(idx, "url_path") == "cancel":
                     cancels[idx] = self.cancel_id(row)
                     continue
-                item = self.task.parse(self.decode(idx, row))
-                item.index = idx
+                item = self.parse(idx, row)
             except InputError as e:
                 item = e
             new[idx] = item
@@ -98,12 +103,12 @@ class TransformersHandler(BaseHandler):
         for idx, reply in enumerate(replies):
             self.end_grpc_stream(idx)
             if reply.error is not None:
-                self.refuse(idx, reply.error, outcomes)
+                reply.body = self.refuse(idx, reply.error, outcomes)
                 if reply.error.status == 429:
                     context.set_response_header(idx, "Retry-After", str(self.scheduler.retry_after))
                 continue
-            if reply.stream:
-                context.set_response_content_type(idx, "application/x-ndjson")
+            if reply.content_type:
+                context.set_response_content_type(idx, reply.content_type)
             if reply.ends is not False:
                 outcomes["ok", "ok"] += 1
         self.count_outcomes(outcomes)
@@ -117,16 +122,15 @@ class TransformersHandler(BaseHandler):
         """Parse every request; one bad request is remembered by index, not raised."""
         started = time.perf_counter()
         items = []
+        self.wires = {}
         for idx, row in enumerate(data):
             try:
-                payload = self.decode(idx, row)
-                item = self.task.parse(payload)
+                item = self.parse(idx, row)
             except InputError as e:
                 items.append(e)
                 continue
-            item.index = idx
-            if payload.stream:
-                self.context.set_response_content_type(idx, "application/x-ndjson")
+            if item.payload.stream:
+                self.context.set_response_content_type(idx, item.payload.wire.stream_content_type)
             items.append(item)
         accepted = [item for item in items if not isinstance(item, InputError)]
         batch = self.task.collate(accepted)
@@ -198,12 +202,11 @@ class TransformersHandler(BaseHandler):
             self.end_grpc_stream(idx)
             error = item if isinstance(item, InputError) else item.error
             if error is not None:
-                self.refuse(idx, error, outcomes)
-                answers.append(error.body())
+                answers.append(self.refuse(idx, error, outcomes))
                 continue
             own = outputs[position : position + item.size]
             position += item.size
-            answers.append(self.task.answer(item, own))
+            answers.append(render(self.task, item, own))
             outcomes["ok", "ok"] += 1
             inputs += item.size
         self.count_outcomes(outcomes)
@@ -212,10 +215,12 @@ class TransformersHandler(BaseHandler):
         self.metrics.emit("transerve_postprocess_seconds", time.perf_counter() - started)
         return answers
 
-    def refuse(self, idx: int, error: InputError, outcomes: Counter) -> None:
-        """Request `idx`'s own 4xx: the one place a status phrase is handed to TorchServe."""
+    def refuse(self, idx: int, error: InputError, outcomes: Counter) -> str:
+        """Request `idx`'s own 4xx: the one place a status phrase is handed to TorchServe; the
+        body, in the request's protocol."""
         self.context.set_response_status(error.status, error.phrase, idx)
         outcomes[error.status, error.reason] += 1
+        return self.wires.get(idx, HF()).error(error)
 
     def count_outcomes(self, outcomes: Counter) -> None:
         # Counted per batch, not per request: each emit is a line the frontend parses.
@@ -240,8 +245,11 @@ class TransformersHandler(BaseHandler):
         properties = self.context.request_processor[idx].get_request_properties()
         return not any(isinstance(value, str) for value in properties.values())
 
-    def send_chunk(self, idx: int, chunk: str) -> None:
-        """Stream one chunk to request `idx` of this batch now, as a chunked HTTP response part."""
+    def send_delta(self, item, text: str) -> None:
+        """Stream the next part of a request's text now, framed by its protocol, as a chunked
+        HTTP response part."""
+        idx = item.index
         send_intermediate_predict_response(
-            {idx: chunk}, {idx: self.context.request_ids[idx]}, "Intermediate response", 200, self.context,
+            {idx: item.payload.wire.delta(item, text)}, {idx: self.context.request_ids[idx]},
+            "Intermediate response", 200, self.context,
         )

@@ -1,4 +1,5 @@
-"""Request body -> Payload (inputs + parameters); anything malformed -> InputError (4xx)."""
+"""A request as tasks take it (Payload), refusals (InputError, a 4xx), and the body reading and
+checks every protocol shares (handlers/protocols/ reads each wire format)."""
 
 from __future__ import annotations
 
@@ -42,14 +43,13 @@ def status_phrase(message: str) -> str:
     return json.dumps(message, ensure_ascii=True)[1:-1].replace("\x7f", "\\u007f")[:MAX_PHRASE]
 
 
-EXAMPLE = '{"inputs": ["first text", "second text"], "parameters": {}}'
-TOP_LEVEL_KEYS = ("inputs", "messages", "parameters", "stream", "instances")
 ROLES = ("system", "user", "assistant")
 
 
 @dataclass
 class Payload:
-    """One request's inputs, always a list, and whether the caller sent a single string."""
+    """One request as its protocol read it: inputs (always a list), whether the caller sent a
+    single string, parameters in the task's own names, and the protocol that answers it."""
 
     inputs: list[str]
     single: bool
@@ -57,8 +57,43 @@ class Payload:
     # A chat, [{role, content}, ...], sent instead of inputs; only chat tasks accept it.
     messages: list[dict[str, str]] | None = None
     stream: bool = False
-    # KServe's V1 protocol: {"instances": [...]} in, {"predictions": [one per instance]} out.
-    kserve_v1: bool = False
+    wire: Any = None  # the handlers.protocols.Protocol that read it and writes its answer
+
+    @property
+    def kserve_v1(self) -> bool:
+        """Came in KServe's V1 shape ({"instances": [...]}), to be answered in it."""
+        return getattr(self.wire, "name", None) == "kserve_v1"
+
+
+def __getattr__(name: str):
+    """The HF shape's decoder and keys, where they lived before handlers/protocols/hf.py."""
+    if name in ("decode", "TOP_LEVEL_KEYS", "EXAMPLE"):
+        from handlers.protocols import hf
+
+        return getattr(hf, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_body(row: Any) -> Any:
+    """One TorchServe request row's body: parsed JSON (a dict, a list, ...) or text; bytes that
+    are not UTF-8, JSON that does not parse and HTML form fields are refused."""
+    body = _body_of(row)
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"body is not valid UTF-8 (byte {e.start}); send UTF-8 text or JSON", reason="invalid_utf8") from None
+        body = text
+        if text.lstrip().startswith(("{", "[")):
+            try:
+                body = json.loads(text)
+            except RecursionError:
+                raise InputError("body is JSON nested too deeply; send {\"inputs\": ..., \"parameters\": {...}}",
+                                 reason="invalid_json") from None
+            except json.JSONDecodeError as e:
+                raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. "
+                                 '{"inputs": ["first text", "second text"], "parameters": {}}', reason="invalid_json") from None
+    return body
 
 
 def _body_of(row: Any) -> Any:
@@ -80,77 +115,7 @@ def _body_of(row: Any) -> Any:
     )
 
 
-def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
-    """Turn one TorchServe request row into a Payload, or raise InputError saying why not."""
-    body = _body_of(row)
-    if isinstance(body, (bytes, bytearray)):
-        try:
-            text = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"body is not valid UTF-8 (byte {e.start}); send UTF-8 text or JSON", reason="invalid_utf8") from None
-        body = text
-        if text.lstrip().startswith(("{", "[")):
-            try:
-                body = json.loads(text)
-            except RecursionError:
-                raise InputError("body is JSON nested too deeply; send {\"inputs\": ..., \"parameters\": {...}}",
-                                 reason="invalid_json") from None
-            except json.JSONDecodeError as e:
-                raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. {EXAMPLE}", reason="invalid_json") from None
-    if isinstance(body, str):
-        return Payload(inputs=[_check_text(body, 0, max_chars)], single=True)
-    if not isinstance(body, dict):
-        raise InputError(f"body must be a JSON object or plain text, got a JSON {type(body).__name__}; expected e.g. {EXAMPLE}", reason="invalid_body")
-    unknown = sorted(set(body) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise InputError(f"unknown key {short(unknown[0])} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}", reason="unknown_key")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InputError(f"'stream' must be true or false, got {short(stream)}", reason="invalid_body")
-    parameters = body.get("parameters")
-    parameters = {} if parameters is None else parameters
-    if not isinstance(parameters, dict):
-        raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}", reason="invalid_body")
-    if "messages" in body:
-        if "inputs" in body:
-            raise InputError("send either 'inputs' or 'messages', not both", reason="invalid_body")
-        messages = _check_messages(body["messages"], max_inputs, max_chars)
-        return Payload(inputs=[], single=True, parameters=parameters, messages=messages, stream=stream)
-    if "instances" in body:
-        return _instances(body, parameters, stream, max_inputs, max_chars)
-    if "inputs" not in body:
-        raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}", reason="missing_inputs")
-    raw = body["inputs"]
-    if isinstance(raw, str):
-        return Payload(inputs=[_check_text(raw, 0, max_chars)], single=True, parameters=parameters, stream=stream)
-    if not isinstance(raw, list):
-        raise InputError(f"'inputs' must be a string or a list of strings, got {type(raw).__name__}", reason="invalid_body")
-    if not raw:
-        raise InputError("'inputs' is an empty list; send at least one string", reason="empty_input")
-    if len(raw) > max_inputs:
-        raise InputError(f"{len(raw)} inputs in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413, reason="too_many_inputs")
-    inputs = [_check_text(t, i, max_chars) for i, t in enumerate(raw)]
-    return Payload(inputs=inputs, single=False, parameters=parameters, stream=stream)
-
-
-def _instances(body: dict, parameters: dict, stream: bool, max_inputs: int, max_chars: int) -> Payload:
-    """KServe's V1 protocol, as its TorchServe runtime forwards it: one text per instance."""
-    if "inputs" in body:
-        raise InputError("send either 'inputs' or 'instances' (KServe V1), not both", reason="invalid_body")
-    if stream:
-        raise InputError("'stream' is not part of KServe's V1 protocol; send 'inputs' to stream", reason="invalid_body")
-    raw = body["instances"]
-    if not isinstance(raw, list):
-        raise InputError(f"'instances' must be a list of strings, got {type(raw).__name__}", reason="invalid_body")
-    if not raw:
-        raise InputError("'instances' is an empty list; send at least one string", reason="empty_input")
-    if len(raw) > max_inputs:
-        raise InputError(f"{len(raw)} instances in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413, reason="too_many_inputs")
-    inputs = [_check_text(t, i, max_chars, "instances") for i, t in enumerate(raw)]
-    return Payload(inputs=inputs, single=False, parameters=parameters, kserve_v1=True)
-
-
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -158,7 +123,7 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[dict[str, str]]:
+def check_messages(messages: Any, max_messages: int, max_chars: int) -> list[dict[str, str]]:
     example = '[{"role": "user", "content": "Hello"}]'
     if not isinstance(messages, list) or not messages:
         raise InputError(f"'messages' must be a non-empty list of {{role, content}} objects, e.g. {example}", reason="invalid_messages")
@@ -173,7 +138,7 @@ def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[di
             raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {short(role)}", reason="invalid_messages")
         if not isinstance(content, str):
             raise InputError(f"messages[{i}].content must be a string, got {type(content).__name__}", reason="invalid_messages")
-        if not _encodable(content):
+        if not encodable(content):
             raise InputError(f"messages[{i}].content holds a lone UTF-16 surrogate; send valid Unicode", reason="invalid_utf8")
         total += len(content)
     if total > max_chars:
@@ -183,8 +148,8 @@ def _check_messages(messages: Any, max_messages: int, max_chars: int) -> list[di
     return [dict(m) for m in messages]
 
 
-def _check_text(text: Any, index: int, max_chars: int, key: str = "inputs") -> str:
-    if isinstance(text, str) and not _encodable(text):
+def check_text(text: Any, index: int, max_chars: int, key: str = "inputs") -> str:
+    if isinstance(text, str) and not encodable(text):
         raise InputError(f"{key}[{index}] holds a lone UTF-16 surrogate (an escape like \\ud800); send valid Unicode",
                          reason="invalid_utf8")
     if not isinstance(text, str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from transformers import AutoTokenizer
 
 from handlers.config import ConfigError, HandlerConfig, parse_dataclass
 from handlers.payload import InputError, Payload
+from handlers.results import Result
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class Item:
 
 
 class Task(abc.ABC):
-    """load once; then per TorchServe batch: parse each request, collate, forward, encode.
+    """load once; then per TorchServe batch: parse each request, collate, forward, results.
 
     `forward` gets the inputs of every item `collate` accepted, flattened in order, and
     returns one output per input; the handler gives each item back its own slice.
@@ -70,18 +70,8 @@ class Task(abc.ABC):
         """One output per input of the batch; never called with None."""
 
     @abc.abstractmethod
-    def encode(self, item: Item, outputs: list) -> Any:
-        """The JSON-able answer to one request from its own outputs."""
-
-    def predictions(self, item: Item, outputs: list) -> list:
-        """KServe V1's answer: one JSON value per instance (what `encode` gives per input)."""
-        return self.encode(item, outputs)
-
-    def answer(self, item: Item, outputs: list) -> str:
-        """The body answering one request: KServe V1's {"predictions": ...} when it came in
-        that shape, else `encode`'s answer."""
-        answer = {"predictions": self.predictions(item, outputs)} if item.payload.kserve_v1 else self.encode(item, outputs)
-        return answer if isinstance(answer, str) else json.dumps(answer)
+    def results(self, item: Item, outputs: list) -> list[Result]:
+        """One typed result per input of `item`, from its own outputs (a protocol writes them)."""
 
     @abc.abstractmethod
     def usage(self, batch: Any) -> Usage:

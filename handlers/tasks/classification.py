@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 from handlers.config import HandlerConfig
 from handlers.payload import InputError, Payload
+from handlers.results import Label, Labels
 from handlers.tasks.base import EncoderTask, Item, Tokens
 
 
@@ -48,10 +49,9 @@ class ClassificationTask(EncoderTask):
         logits = torch.stack(self.per_row(batch, lambda ids, mask: self.model(input_ids=ids, attention_mask=mask).logits))
         return self.activation(logits.float()).cpu().tolist()
 
-    def encode(self, item: Item, outputs: list) -> list:
+    def results(self, item: Item, outputs: list) -> list[Labels]:
         top_k = item.params.top_k
-        ranked = [
-            sorted(({"label": label, "score": s} for label, s in zip(self.labels, scores)), key=lambda d: -d["score"])[:top_k]
+        return [
+            Labels(sorted((Label(label, score) for label, score in zip(self.labels, scores)), key=lambda l: -l.score)[:top_k])
             for scores in outputs
         ]
-        return ranked[0] if item.payload.single else ranked

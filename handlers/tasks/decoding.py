@@ -21,7 +21,6 @@ its own tokens, so a row decodes the same tokens whatever joins or leaves around
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -60,12 +59,6 @@ class Row:
     def per_token_seconds(self) -> float | None:
         """Mean time per token after the first, once finished (None with fewer than 2 tokens)."""
         return (self.finished_at - self.first_token_at) / (len(self.tokens) - 1) if len(self.tokens) > 1 else None
-
-    def details(self) -> dict:
-        details = {"finish_reason": self.finish, "prompt_tokens": len(self.prompt), "generated_tokens": len(self.tokens)}
-        if self.sample:
-            details["seed"] = self.seed
-        return details
 
 
 @dataclass
@@ -277,7 +270,7 @@ class Decoder:
         if row.stream and row.finish is None:
             ready = safe_prefix(row.text, row.stops)
             if ready > row.sent and self.emit is not None:
-                self.emit(row, json.dumps({"text": row.text[row.sent:ready]}) + "\n")
+                self.emit(row, row.text[row.sent:ready])
                 row.sent = ready
         return row.finish is not None
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
+from handlers.results import Embedding
 from handlers.tasks.base import EncoderTask, Item, Tokens
 
 
@@ -53,12 +54,9 @@ class EmbeddingTask(EncoderTask):
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
-    def predictions(self, item: Item, outputs: list) -> list:
-        return [vector for vector, _ in outputs]
+    def results(self, item: Item, outputs: list) -> list[Embedding]:
+        return [Embedding(vector, tokens) for vector, tokens in outputs]
 
-    def encode(self, item: Item, outputs: list) -> dict:
-        return {
-            "embeddings": [vector for vector, _ in outputs],
-            "dimensions": len(outputs[0][0]),
-            "input_tokens": sum(n for _, n in outputs),
-        }
+    @property
+    def dimensions(self) -> int:
+        return self.model.config.hidden_size

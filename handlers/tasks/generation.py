@@ -10,7 +10,6 @@ generation_config, as `generate` does.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from transformers import AutoModelForCausalLM
 
 from handlers.config import HandlerConfig, short
 from handlers.payload import InputError, Payload
+from handlers.results import Generation
 from handlers.tasks.base import Item, Task, Usage, load_pretrained, load_tokenizer, model_max_length
 from handlers.tasks.decoding import Decoder, Row
 
@@ -79,8 +79,8 @@ class GenerationTask(Task):
     streams = True
 
     def __init__(self):
-        # The handler points this at TorchServe's intermediate response: (request index, chunk).
-        self.emit: Callable[[int, str], None] | None = None
+        # The handler points this at TorchServe's intermediate response: (request, new text).
+        self.emit: Callable[[Item, str], None] | None = None
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -190,11 +190,11 @@ class GenerationTask(Task):
     def forward(self, batch: Prompts) -> list:
         """Static batching: every row admitted at once and decoded to its end."""
         batch.started_at = time.perf_counter()
-        emit = self.emit  # TorchServe's intermediate response, by request index
-        return self.decoder(None if emit is None else lambda row, chunk: emit(row.item.index, chunk)).run(batch.rows)
+        emit = self.emit  # TorchServe's intermediate response
+        return self.decoder(None if emit is None else lambda row, text: emit(row.item, text)).run(batch.rows)
 
     def decoder(self, emit: Callable[[Row, str], None] | None = None) -> Decoder:
-        """A decoder over this model; `emit(row, chunk)` gets each streamed part."""
+        """A decoder over this model; `emit(row, text)` gets each streamed part of a row's text."""
         return Decoder(self.model, self.tokenizer, self.eos, self.pad_id, emit)
 
     def usage(self, batch: Prompts) -> Usage:
@@ -206,10 +206,9 @@ class GenerationTask(Task):
             per_token_seconds=[r.per_token_seconds for r in rows if r.per_token_seconds is not None],
         )
 
-    def encode(self, item: Item, outputs: list) -> dict | list | str:
-        if item.payload.stream:
-            [row] = outputs
-            return json.dumps({"text": row.text[row.sent:], "details": row.details()}) + "\n"
-        answers = [{"generated_text": r.text, "details": r.details()} for r in outputs]
-        return answers[0] if item.payload.single else answers
-
+    def results(self, item: Item, outputs: list[Row]) -> list[Generation]:
+        return [
+            Generation(r.text, r.finish, len(r.prompt), len(r.tokens), r.seed if r.sample else None,
+                       tail=r.text[r.sent:] if r.stream else "")
+            for r in outputs
+        ]

@@ -16,6 +16,7 @@ from transformers import AutoModelForTokenClassification
 
 from handlers.config import HandlerConfig
 from handlers.payload import InputError, Payload
+from handlers.results import Entities
 from handlers.tasks.base import EncoderTask, Item, Tokens
 
 Strategy = Literal["none", "simple", "first", "max", "average"]
@@ -67,14 +68,13 @@ class TokenClassificationTask(EncoderTask):
         rows = self.per_row(batch, probabilities)
         return [(probs[:n], row) for probs, n, row in zip(rows, batch.lengths, batch.rows)]
 
-    def encode(self, item: Item, outputs: list) -> list:
+    def results(self, item: Item, outputs: list) -> list[Entities]:
         strategy = item.params.aggregation_strategy or self.cfg.aggregation
         ignore = {"O"} if item.params.ignore_labels is None else set(item.params.ignore_labels)
-        answers = [
-            [e for e in self.entities(text, probs, row, strategy) if e.get("entity_group", e.get("entity")) not in ignore]
+        return [
+            Entities([e for e in self.entities(text, probs, row, strategy) if e.get("entity_group", e.get("entity")) not in ignore])
             for text, (probs, row) in zip(item.payload.inputs, outputs)
         ]
-        return answers[0] if item.payload.single else answers
 
     def entities(self, text: str, probs: torch.Tensor, row: dict, strategy: str) -> list[dict]:
         tokens = self.tokens_of(text, probs, row)

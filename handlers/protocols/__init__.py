@@ -1,0 +1,68 @@
+"""Wire formats: a protocol reads a request body into the task's typed input (a Payload)
+and writes the task's typed results (handlers/results.py) as its own body, its own stream
+framing and its own error body. Tasks know none of them.
+
+- hf: transerve's own shape, {"inputs", "parameters", "stream"} or {"messages", ...};
+  streams NDJSON. Also the default for a bare /predictions/<model>[/<version>].
+- kserve_v1: {"instances": [...]} in, {"predictions": [...]} out (KServe's V1 protocol);
+  recognised by its key on the same route.
+
+A protocol object is made per request (`for_route`), so it can keep that request's state:
+an OpenAI stream's id and whether its first chunk went out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from handlers.config import short
+from handlers.payload import InputError, Payload
+from handlers.results import Result
+
+if TYPE_CHECKING:
+    from handlers.tasks.base import Item, Task
+
+
+class Protocol:
+    """One request's wire format."""
+
+    name: str  # its module's name
+    stream_content_type = "application/x-ndjson"
+
+    def decode(self, row: Any, task: Task) -> Payload:
+        """The request's Payload, or InputError saying what is wrong with it."""
+        raise NotImplementedError
+
+    def answer(self, item: Item, results: Sequence[Result]) -> str:
+        """The whole body answering a request that was not streamed."""
+        raise NotImplementedError
+
+    def delta(self, item: Item, text: str) -> str:
+        """One streamed part of generated text."""
+        raise InputError("this protocol does not stream", reason="invalid_request")
+
+    def end(self, item: Item, results: Sequence[Result]) -> str:
+        """The last part of a streamed response (after every delta)."""
+        raise NotImplementedError
+
+    def error(self, error: InputError) -> str:
+        """The body of a refusal (its status goes on the status line)."""
+        return error.body()
+
+
+def for_route(route: str | None, model: str = "", request_id: str = "") -> Protocol:
+    """The protocol serving `route`, the path after /predictions/<model>/<version>/ (TorchServe's
+    url_path header); an unknown path is refused with 404 in the HF shape."""
+    from handlers.protocols import hf
+
+    if not route:
+        return hf.HF()
+    served = " (POST .../<version>/cancel needs runtime continuousBatching)" if route == "cancel" else ""
+    raise InputError(f"no such path: {short(route)} after the model version{served}", status=404, reason="unknown_path")
+
+
+def render(task: Task, item: Item, outputs: list) -> str:
+    """The body (or a streamed request's last part) answering `item` from its own outputs."""
+    results = task.results(item, outputs)
+    wire = item.payload.wire
+    return wire.end(item, results) if item.payload.stream else wire.answer(item, results)

@@ -1,0 +1,105 @@
+"""transerve's own shape, what Hugging Face's inference servers take:
+{"inputs": str | [str], "parameters": {...}, "stream": bool} or, for chat models,
+{"messages": [{role, content}], ...}; plain text is one input. Streams NDJSON: one
+{"text"} line per part, then {"text", "details"}. Errors: {"code", "type", "message"}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from handlers.config import short
+from handlers.payload import InputError, Payload, check_messages, check_text, read_body
+from handlers.protocols import Protocol
+from handlers.results import Embedding, Entities, Generation, Labels, Result
+
+EXAMPLE = '{"inputs": ["first text", "second text"], "parameters": {}}'
+TOP_LEVEL_KEYS = ("inputs", "messages", "parameters", "stream", "instances")
+
+
+class HF(Protocol):
+    name = "hf"
+
+    def decode(self, row: Any, task) -> Payload:
+        return decode(row, task.cfg.max_inputs_per_request, task.cfg.max_chars_per_input)
+
+    def answer(self, item, results: Sequence[Result]) -> str:
+        if results and isinstance(results[0], Embedding):
+            answer: Any = {
+                "embeddings": [r.vector for r in results],
+                "dimensions": len(results[0].vector),
+                "input_tokens": sum(r.tokens for r in results),
+            }
+        else:
+            values = [value(r) for r in results]
+            answer = values[0] if item.payload.single else values
+        return json.dumps(answer)
+
+    def delta(self, item, text: str) -> str:
+        return json.dumps({"text": text}) + "\n"
+
+    def end(self, item, results: Sequence[Result]) -> str:
+        [result] = results
+        return json.dumps({"text": result.tail, "details": details(result)}) + "\n"
+
+
+def value(result: Result) -> Any:
+    """One input's answer: ranked labels, entities, generated text with its details."""
+    if isinstance(result, Labels):
+        return [{"label": label.label, "score": label.score} for label in result.ranked]
+    if isinstance(result, Entities):
+        return result.entities
+    if isinstance(result, Generation):
+        return {"generated_text": result.text, "details": details(result)}
+    raise TypeError(f"no HF shape for {type(result).__name__}")
+
+
+def details(result: Generation) -> dict:
+    answer = {"finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
+              "generated_tokens": result.generated_tokens}
+    if result.seed is not None:
+        answer["seed"] = result.seed
+    return answer
+
+
+def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
+    """Turn one TorchServe request row into a Payload, or raise InputError saying why not.
+    A body with "instances" is KServe's V1 protocol, answered in its shape."""
+    body = read_body(row)
+    if isinstance(body, str):
+        return Payload(inputs=[check_text(body, 0, max_chars)], single=True, wire=HF())
+    if not isinstance(body, dict):
+        raise InputError(f"body must be a JSON object or plain text, got a JSON {type(body).__name__}; expected e.g. {EXAMPLE}", reason="invalid_body")
+    unknown = sorted(set(body) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise InputError(f"unknown key {short(unknown[0])} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}", reason="unknown_key")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InputError(f"'stream' must be true or false, got {short(stream)}", reason="invalid_body")
+    parameters = body.get("parameters")
+    parameters = {} if parameters is None else parameters
+    if not isinstance(parameters, dict):
+        raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}", reason="invalid_body")
+    if "messages" in body:
+        if "inputs" in body:
+            raise InputError("send either 'inputs' or 'messages', not both", reason="invalid_body")
+        messages = check_messages(body["messages"], max_inputs, max_chars)
+        return Payload(inputs=[], single=True, parameters=parameters, messages=messages, stream=stream, wire=HF())
+    if "instances" in body:
+        from handlers.protocols.kserve_v1 import instances
+
+        return instances(body, parameters, stream, max_inputs, max_chars)
+    if "inputs" not in body:
+        raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}", reason="missing_inputs")
+    raw = body["inputs"]
+    if isinstance(raw, str):
+        return Payload(inputs=[check_text(raw, 0, max_chars)], single=True, parameters=parameters, stream=stream, wire=HF())
+    if not isinstance(raw, list):
+        raise InputError(f"'inputs' must be a string or a list of strings, got {type(raw).__name__}", reason="invalid_body")
+    if not raw:
+        raise InputError("'inputs' is an empty list; send at least one string", reason="empty_input")
+    if len(raw) > max_inputs:
+        raise InputError(f"{len(raw)} inputs in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413, reason="too_many_inputs")
+    inputs = [check_text(t, i, max_chars) for i, t in enumerate(raw)]
+    return Payload(inputs=inputs, single=False, parameters=parameters, stream=stream, wire=HF())
