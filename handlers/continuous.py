@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from handlers.config import short
 from handlers.payload import InputError
-from handlers.protocols import render
+from handlers.protocols import Ready, render
 from handlers.tasks.base import Item
 from handlers.tasks.decoding import Row, end
 from handlers.tasks.generation import GenerationTask, Prompts
@@ -106,6 +106,8 @@ class ContinuousScheduler:
         for idx, item in new.items():
             if isinstance(item, InputError):
                 replies[idx] = Reply("", None, item)
+            elif isinstance(item, Ready):
+                replies[idx] = Reply(item.body, None)
             elif idx in grpc:
                 replies[idx] = self.whole(item)
             elif (refused := self.accept(ids[idx], item)) is not None:

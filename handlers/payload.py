@@ -12,13 +12,14 @@ from handlers.config import short
 
 class InputError(Exception):
     """A request the caller must fix; `status` is the HTTP status it is answered with and
-    `reason` a short name of what was wrong, for the request metrics."""
+    `reason` a short name of what was wrong, for the request metrics (and OpenAI's `code`)."""
 
-    def __init__(self, message: str, status: int = 400, reason: str = "invalid_request"):
+    def __init__(self, message: str, status: int = 400, reason: str = "invalid_request", param: str | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
         self.reason = reason
+        self.param = param  # the request field it is about, where the protocol names one (OpenAI's)
 
     def body(self) -> str:
         return json.dumps({"code": self.status, "type": "InputError", "message": self.message})

@@ -78,19 +78,19 @@ class LocalWorker:
     def handler(self):
         return self.service._entry_point.__self__
 
-    def predict(self, bodies: list[Any], content_type: str = "application/json") -> list[Answer]:
+    def predict(self, bodies: list[Any], content_type: str = "application/json", path: str | None = None) -> list[Answer]:
         """Send a batch of request bodies: bytes as they are, a str as text/plain, anything
-        else as JSON (what a client's json= sends)."""
-        return self.predict_raw([_as_request(body, content_type) for body in bodies])
+        else as JSON (what a client's json= sends); `path`: what follows the version in the URL."""
+        return self.predict_raw([_as_request(body, content_type) for body in bodies], path=path)
 
-    def predict_raw(self, requests: list[tuple[str, bytes]], grpc: bool = False) -> list[Answer]:
+    def predict_raw(self, requests: list[tuple[str, bytes]], grpc: bool = False, path: str | None = None) -> list[Answer]:
         """Send a batch of (content type, body bytes) the whole way a worker takes it: the
         request frame as the frontend writes it, read by TorchServe's own protocol code,
         TorchServe's own Service.predict, and the reply frames read back exactly as the
         frontend would (`read_frames`). A frame the frontend could not read raises
         FrameError: in a real server it costs the worker its life. With `grpc`, the requests
         come as TorchServe's gRPC API sends them: the input parameter alone, no HTTP headers."""
-        frame, intermediate = self.exchange(request_frame(requests, http_headers=not grpc))
+        frame, intermediate = self.exchange(request_frame(requests, http_headers=not grpc, path=path))
         streamed: dict[str, list[str]] = {}
         for sent in intermediate:
             for part in sent.parts:
@@ -133,11 +133,12 @@ def _as_request(body: Any, content_type: str) -> tuple[str, bytes]:
     return content_type, json.dumps(body).encode("utf-8")
 
 
-def request_frame(requests: list[tuple[str, bytes]], http_headers: bool = True) -> bytes:
+def request_frame(requests: list[tuple[str, bytes]], http_headers: bool = True, path: str | None = None) -> bytes:
     """An inference request frame as TorchServe's frontend writes it (ModelRequestEncoder at
     v0.12.0): b"I", then per request its id, its headers (a REST request's HTTP headers; none
     for gRPC) and its one parameter, `body`."""
-    return _frame([(f"req-{i}", content_type, body, {} if http_headers else None)
+    headers = {"url_path": path} if path else {}
+    return _frame([(f"req-{i}", content_type, body, headers if http_headers else None)
                    for i, (content_type, body) in enumerate(requests)])
 
 

@@ -6,6 +6,7 @@ framing and its own error body. Tasks know none of them.
   streams NDJSON. Also the default for a bare /predictions/<model>[/<version>].
 - kserve_v1: {"instances": [...]} in, {"predictions": [...]} out (KServe's V1 protocol);
   recognised by its key on the same route.
+- openai: the OpenAI API on /predictions/<model>/<version>/v1/..., streams Server-Sent Events.
 
 A protocol object is made per request (`for_route`), so it can keep that request's state:
 an OpenAI stream's id and whether its first chunk went out.
@@ -49,16 +50,31 @@ class Protocol:
         """The body of a refusal (its status goes on the status line)."""
         return error.body()
 
+    def ready(self) -> str | None:
+        """A body this request is answered with at once, without the model; None for most."""
+        return None
+
 
 def for_route(route: str | None, model: str = "", request_id: str = "") -> Protocol:
     """The protocol serving `route`, the path after /predictions/<model>/<version>/ (TorchServe's
     url_path header); an unknown path is refused with 404 in the HF shape."""
-    from handlers.protocols import hf
+    from handlers.protocols import hf, openai
 
     if not route:
         return hf.HF()
+    if route.startswith("v1/"):  # an unknown one is refused in OpenAI's error body
+        return openai.OpenAI(route, model, request_id)
     served = " (POST .../<version>/cancel needs runtime continuousBatching)" if route == "cancel" else ""
     raise InputError(f"no such path: {short(route)} after the model version{served}", status=404, reason="unknown_path")
+
+
+class Ready:
+    """A request answered without the model (the OpenAI model list): its body."""
+
+    error = None
+
+    def __init__(self, body: str):
+        self.body = body
 
 
 def render(task: Task, item: Item, outputs: list) -> str:

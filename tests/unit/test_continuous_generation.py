@@ -237,11 +237,11 @@ def test_cancel_by_id_ends_a_running_request_and_an_unknown_id_is_404(worker):
 def test_a_path_after_the_version_is_404_under_static_batching(static):
     driver = static.continuous()  # the same frames; the static handler answers each in one call
     cancel = driver.submit({"id": "x"}, path="cancel")
-    other = driver.submit(SHORT, path="v1/completions")
+    other = driver.submit(SHORT, path="v2/completions")
     plain = driver.submit(SHORT)
     driver.call()
     assert cancel.status == 404 and "needs runtime continuousBatching" in json.loads(cancel.text)["message"]
-    assert other.status == 404 and "no such path: 'v1/completions'" in json.loads(other.text)["message"]
+    assert other.status == 404 and "no such path: 'v2/completions'" in json.loads(other.text)["message"]
     assert plain.status == 200 and json.loads(plain.text) == alone(static, SHORT)
 
 
@@ -271,3 +271,21 @@ def test_step_metrics_count_rows_tokens_and_time_them(worker, caplog):
     first_token, per_token = values("transerve_time_to_first_token_seconds"), values("transerve_time_per_output_token_seconds")
     assert len(first_token) == len(per_token) == 3 and all(0 < v < 30 for v in first_token + per_token)
     assert values("transerve_generation_running_rows")[-1] == 0 and values("transerve_generation_waiting_requests")[-1] == 0
+
+
+def test_openai_chat_streams_sse_under_continuous_batching_as_under_static(worker, static):
+    body = {"model": "smollm2-chat", "messages": CHAT["messages"], "max_tokens": 12, "temperature": 0}
+    [whole] = static.predict([body], path="v1/chat/completions")
+    driver = worker.continuous()
+    streamed, plain = driver.submit({**body, "stream": True}, path="v1/chat/completions"), driver.submit(
+        body, path="v1/chat/completions")
+    models = driver.submit(b"", path="v1/models")
+    driver.run()
+    assert plain.status == 200 and json.loads(plain.text)["choices"] == whole.body["choices"]
+    assert len(streamed.parts) > 2 and streamed.parts[0].content_type == "text/event-stream"
+    events = [e[6:] for e in streamed.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == whole.body["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole.body["choices"][0]["finish_reason"]
+    assert json.loads(models.text)["data"][0]["id"] == "smollm2-chat"
