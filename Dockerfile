@@ -59,7 +59,7 @@ RUN groupadd --gid 10001 transerve \
 USER 10001:10001
 
 # Inference and metrics; management stays on the container's loopback (docker exec).
-EXPOSE 8080 8082
+EXPOSE 8000 8080 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["/opt/transerve/.venv/bin/python", "-m", "transerve.health"]
 ENTRYPOINT ["/opt/transerve/scripts/entrypoint.sh"]

@@ -20,7 +20,8 @@ from transerve import archive, deploy, metrics_api
 from transerve.management import ApiError, InferenceClient, ManagementClient, key_reader
 from transerve.rollout import History, RolloutError, Rollouts
 from transerve.server import (
-    CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, guard_address, read_properties, running_pid, stop_guard, stop_running,
+    CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, guard_address, openai_base_url, read_properties, running_pid, stop_guard,
+    stop_running,
 )
 from transerve.spec import MODELS_DIR, all_specs, find_spec
 
@@ -91,6 +92,8 @@ def cmd_serve(args) -> int:
         f"inference   {server.url('inference')}/predictions/<model>\n"
         f"management  {server.url('management')}/models\n"
         f"metrics     {server.url('metrics')}/metrics\n"
+        + (f"OpenAI      {server.url('openai')} (base_url for the OpenAI clients; api_key: the inference key)\n"
+           if server.openai_address else "") +
         f"gRPC        {server.properties.get('grpc_inference_address', '127.0.0.1')}:"
         f"{server.properties.get('grpc_inference_port', '7070')} (inference), "
         f"{server.grpc_management_address} (management)\n"
@@ -106,8 +109,28 @@ def cmd_serve(args) -> int:
             answer = inference.predict(mv.name, request)
             print(f"sample request to {mv.name} ({(time.monotonic() - started) * 1000:.0f} ms): {json.dumps(request)}")
             print(f"answer: {json.dumps(_short(answer))}")
+        if server.openai_address:
+            _openai_samples(server, versions, inference)
     print("stop it with: transerve stop")
     return 0
+
+
+def _openai_samples(server: Server, versions, inference: InferenceClient) -> None:
+    """Each model's sample again, as an OpenAI request through the gateway."""
+    for mv in versions:
+        request = mv.samples[0].request if mv.samples else {}
+        if mv.task == "generation" and "messages" in request:
+            route, body = "chat/completions", {"model": mv.name, "messages": request["messages"], "max_tokens": 32}
+        elif mv.task == "embedding" and request.get("inputs"):
+            route, body = "embeddings", {"model": mv.name, "input": request["inputs"]}
+        else:
+            continue
+        started = time.monotonic()
+        answer = requests.post(f"{server.url('openai')}/{route}", json=body, timeout=120,
+                               headers={"Authorization": f"Bearer {server.keys().get('inference', '')}"})
+        print(f"OpenAI request to {server.url('openai')}/{route} ({(time.monotonic() - started) * 1000:.0f} ms, "
+              f"HTTP {answer.status_code}): {json.dumps(body)}")
+        print(f"answer: {json.dumps(_short(answer.json()))}")
 
 
 def startup_archives(models: str, store: Path, models_dir: Path, log=print) -> dict[str, str]:
@@ -190,7 +213,14 @@ def cmd_status(args) -> int:
     names = [args.name] if getattr(args, "name", None) else management.list_models()
     rows = [v for name in names for v in management.describe(name)]
     if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        props = read_properties(Path(args.run_dir) / "config.properties")
+        print(json.dumps({
+            "inference_url": props["inference_address"],
+            "management_url": guard_address(Path(args.run_dir)) or props["management_address"],
+            "metrics_url": props["metrics_address"],
+            "openai_base_url": openai_base_url(Path(args.run_dir)),
+            "models": [asdict(r) for r in rows],
+        }, indent=2))
         return 0
     _table(
         ("MODEL", "VERSION", "DEFAULT", "WORKERS", "MIN-MAX", "BATCH", "DELAY(ms)", "QUEUED"),

@@ -88,6 +88,8 @@ class Server:
             "metrics_config": METRICS_CONFIG.as_posix(),
             **self.overrides,
         }
+        # transerve's own key, not TorchServe's: where the OpenAI gateway listens ("" for none)
+        self.openai_address = self.properties.pop("openai_address", "")
         self.management_address = self.properties["management_address"]
         self.grpc_management_address = (f"{self.properties.get('grpc_management_address', '127.0.0.1')}:"
                                          f"{self.properties.get('grpc_management_port', '7071')}")
@@ -109,12 +111,11 @@ class Server:
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
 
-    @property
-    def guard_file(self) -> Path:
-        return self.run_dir / GUARD_FILE
-
     def url(self, api: str) -> str:
-        """Base URL of the `inference`, `management` (the guard's, when on) or `metrics` API."""
+        """Base URL of the `inference`, `management` (the guard's, when on), `metrics` or
+        `openai` API (the gateway's, http://HOST:PORT/v1)."""
+        if api == "openai":
+            return f"{self.openai_address.rstrip('/')}/v1"
         return self.management_address if api == "management" else self.properties[f"{api}_address"]
 
     def keys(self) -> dict[str, str]:
@@ -169,20 +170,37 @@ class Server:
         self.wait_healthy(timeout)
         if self.guard:
             self.start_guard()
+        if self.openai_address:
+            self.start_gateway()
 
-    def start_guard(self, timeout: float = 20) -> None:
+    def start_guard(self) -> None:
         listen = self.management_address.split("://", 1)[1]
         grpc_upstream = f"127.0.0.1:{self.properties['grpc_management_port']}"
-        command = [sys.executable, "-m", "transerve.guard", "--listen", listen,
-                   "--upstream", self.properties["management_address"], "--store", str(self.model_store),
-                   "--grpc-listen", self.grpc_management_address, "--grpc-upstream", grpc_upstream]
-        with open(self.log_dir / "guard.log", "ab") as out:
+        self._spawn("guard", ["--listen", listen, "--upstream", self.properties["management_address"],
+                              "--store", str(self.model_store),
+                              "--grpc-listen", self.grpc_management_address, "--grpc-upstream", grpc_upstream],
+                    {"listen": self.management_address, "upstream": self.properties["management_address"],
+                     "grpc_listen": self.grpc_management_address, "grpc_upstream": grpc_upstream},
+                    [listen, self.grpc_management_address])
+
+    def start_gateway(self) -> subprocess.Popen:
+        """The OpenAI gateway (transerve/gateway.py) in front of TorchServe's inference API."""
+        listen = self.openai_address.split("://", 1)[-1].rstrip("/")
+        auth = self.properties.get("disable_token_authorization") != "true"
+        return self._spawn("gateway", ["--listen", listen, "--inference", self.properties["inference_address"],
+                                       "--management", self.properties["management_address"],
+                                       *(["--key-file", str(self.key_file)] if auth else [])],
+                           {"listen": listen, "base_url": self.url("openai")}, [listen])
+
+    def _spawn(self, name: str, args: list[str], record: dict, addresses: list[str], timeout: float = 20) -> subprocess.Popen:
+        """transerve.<name> as a process of its own, recorded in the run dir (<name>.json), once
+        it accepts connections on every address."""
+        command = [sys.executable, "-m", f"transerve.{name}", *args]
+        with open(self.log_dir / f"{name}.log", "ab") as out:
             process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.guard_file.write_text(json.dumps({"pid": process.pid, "listen": self.management_address,
-                                               "upstream": self.properties["management_address"],
-                                               "grpc_listen": self.grpc_management_address, "grpc_upstream": grpc_upstream}))
+        (self.run_dir / f"{name}.json").write_text(json.dumps({"pid": process.pid, **record}))
         deadline = time.monotonic() + timeout
-        for address in (listen, self.grpc_management_address):
+        for address in addresses:
             host, port = address.rsplit(":", 1)
             while True:
                 try:
@@ -190,8 +208,9 @@ class Server:
                     break
                 except OSError:
                     if process.poll() is not None or time.monotonic() > deadline:
-                        raise ServerError(f"the management guard did not start; see {self.log_dir}/guard.log") from None
+                        raise ServerError(f"transerve.{name} did not start; see {self.log_dir}/{name}.log") from None
                     time.sleep(0.1)
+        return process
 
     def wait_healthy(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -233,6 +252,9 @@ class Server:
                     ready = True
                     log(f"transerve: serving {', '.join(models)} at {self.url('inference')}/predictions/<model> "
                         f"(keys: {self.key_file})", flush=True)
+                    if self.openai_address:
+                        self.start_gateway()
+                        log(f"transerve: OpenAI API at {self.url('openai')} (api_key: the inference key)", flush=True)
                 elif not ready and time.monotonic() > deadline:
                     log(f"transerve: models not READY after {timeout:.0f}s; see {self.log_dir}", flush=True)
                     stopping.append("timeout")
@@ -244,6 +266,7 @@ class Server:
             self.key_file.unlink(missing_ok=True)
             return 1 if "timeout" in stopping else (0 if stopping else code)
         finally:
+            stop_guard(self.run_dir)  # the gateway
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if process.poll() is None:
@@ -262,9 +285,6 @@ class Server:
         return stopped
 
 
-GUARD_FILE = "guard.json"
-
-
 def free_ports(count: int) -> list[int]:
     """`count` distinct loopback ports free right now (all held open while they are picked)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -277,25 +297,35 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def guard_address(run_dir: Path) -> str | None:
-    """The management address clients should call: the guard's, when one was started from run_dir."""
+def _record(run_dir: Path, name: str, key: str) -> str | None:
     try:
-        return json.loads((Path(run_dir) / GUARD_FILE).read_text())["listen"]
+        return json.loads((Path(run_dir) / f"{name}.json").read_text())[key]
     except (OSError, ValueError, KeyError):
         return None
 
 
+def guard_address(run_dir: Path) -> str | None:
+    """The management address clients should call: the guard's, when one was started from run_dir."""
+    return _record(run_dir, "guard", "listen")
+
+
+def openai_base_url(run_dir: Path) -> str | None:
+    """The OpenAI gateway's base URL (http://HOST:PORT/v1), when one was started from run_dir."""
+    return _record(run_dir, "gateway", "base_url")
+
+
 def stop_guard(run_dir: Path) -> None:
-    path = Path(run_dir) / GUARD_FILE
-    try:
-        pid = json.loads(path.read_text())["pid"]
-        process = psutil.Process(pid)
-        if "transerve.guard" in " ".join(process.cmdline()):
-            process.terminate()
-            process.wait(timeout=10)
-    except (OSError, ValueError, KeyError, psutil.Error):
-        pass
-    path.unlink(missing_ok=True)
+    """Stop the management guard and the OpenAI gateway started from run_dir, if any."""
+    for name in ("guard", "gateway"):
+        path = Path(run_dir) / f"{name}.json"
+        try:
+            process = psutil.Process(json.loads(path.read_text())["pid"])
+            if f"transerve.{name}" in " ".join(process.cmdline()):
+                process.terminate()
+                process.wait(timeout=10)
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pass
+        path.unlink(missing_ok=True)
 
 
 def running_pid() -> int | None:

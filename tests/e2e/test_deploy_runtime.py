@@ -47,8 +47,8 @@ def frontend_pid(root: Path) -> int | None:
 
 def loopback_config(source: Path, dest: Path) -> dict[str, int]:
     """The image's config with its listeners moved to free loopback ports (nothing else changed)."""
-    inference, management, metrics, grpc_i, grpc_m = free_ports(5)
-    ports = {"inference": inference, "management": management, "metrics": metrics}
+    inference, management, metrics, grpc_i, grpc_m, openai = free_ports(6)
+    ports = {"inference": inference, "management": management, "metrics": metrics, "openai": openai}
     text = source.read_text()
     for api, port in ports.items():
         text, n = re.subn(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{port}", text, flags=re.M)
@@ -138,12 +138,21 @@ def test_the_entrypoint_serves_the_named_model_and_stops_on_sigterm(image_store,
         metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).text
         assert 'transerve_requests_total{' in metrics
 
+        # The OpenAI gateway runs beside TorchServe in the image too, with the inference key as API key.
+        assert f"OpenAI API at http://127.0.0.1:{ports['openai']}/v1" in log.read_text()
+        openai_url, key = f"http://127.0.0.1:{ports['openai']}/v1", {"Authorization": f"Bearer {keys['inference']['key']}"}
+        embedded = requests.post(f"{openai_url}/embeddings", json={"model": "minilm-embed", "input": "a"}, headers=key, timeout=30)
+        assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 384, embedded.text
+        assert requests.get(f"{openai_url}/models", timeout=10).status_code == 401
+        gateway = json.loads((run_dir / "gateway.json").read_text())["pid"]
+
         java = frontend_pid(tmp_path)
         assert java is not None and psutil.pid_exists(java)
         workers = [p.pid for p in psutil.Process(java).children(recursive=True)]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
         assert not psutil.pid_exists(java) and not any(psutil.pid_exists(p) for p in workers)
+        assert not psutil.pid_exists(gateway)
         assert "stopping TorchServe" in log.read_text()
         assert not (run_dir / "key_file.json").exists()
     finally:
