@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools soak bench bench-generation deploy-manifests archive clean
+.PHONY: setup serve stop status test test-tools soak bench bench-generation bench-gateway deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ bench: setup
 bench-generation: setup
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/continuous.py
+
+# The OpenAI gateway's own cost (bench/gateway.py): p50 added at 1 client, throughput at 64
+# clients, against TorchServe's route; bench/results/GATEWAY.md. About 3 minutes.
+bench-gateway: setup
+	$(VENV)/bin/python bench/gateway.py
 
 soak: setup
 	$(VENV)/bin/python bench/soak.py

@@ -196,7 +196,7 @@ def raw_generation(model_path: Path) -> dict:
 
 class Bench:
     def __init__(self, store: Path, run_dir: Path):
-        ports = free_ports(5)
+        ports = free_ports(6)
         self.server = Server(
             model_store=store, run_dir=run_dir, guard=False,
             overrides={
@@ -205,6 +205,7 @@ class Bench:
                 "metrics_address": f"http://127.0.0.1:{ports[2]}",
                 "grpc_inference_port": str(ports[3]),
                 "grpc_management_port": str(ports[4]),
+                "openai_address": f"http://127.0.0.1:{ports[5]}",  # the OpenAI gateway (bench/gateway.py)
                 "job_queue_size": "1000",
             },
         )

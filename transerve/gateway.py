@@ -179,8 +179,12 @@ class Gateway:
             upstream = await self.session.post(url, data=body, headers=headers)
             if upstream.status >= 400:
                 return await self.refusal(upstream, version)
-            response = web.StreamResponse(status=upstream.status, headers={
-                **{k: upstream.headers[k] for k in PASSED_BACK if k in upstream.headers}, VERSION_HEADER: version})
+            headers = {**{k: upstream.headers[k] for k in PASSED_BACK if k in upstream.headers}, VERSION_HEADER: version}
+            if "Content-Length" in upstream.headers:  # answered in one piece: one write
+                data = await upstream.read()
+                headers.pop("Content-Length")
+                return web.Response(status=upstream.status, body=data, headers=headers)
+            response = web.StreamResponse(status=upstream.status, headers=headers)
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
