@@ -149,6 +149,16 @@ def check_messages(messages: Any, max_messages: int, max_chars: int) -> list[dic
     return [dict(m) for m in messages]
 
 
+def check_texts(raw: list, key: str, max_inputs: int, max_chars: int, noun: str = "", param: str | None = None) -> list[str]:
+    """A list of texts sent under `key`: not empty, at most max_inputs, each checked (check_text)."""
+    if not raw:
+        raise InputError(f"'{key}' is an empty list; send at least one string", reason="empty_input", param=param)
+    if len(raw) > max_inputs:
+        raise InputError(f"{len(raw)} {noun or key} in one request; the limit is {max_inputs} (max_inputs_per_request)",
+                         status=413, reason="too_many_inputs", param=param)
+    return [check_text(t, i, max_chars, key) for i, t in enumerate(raw)]
+
+
 def check_text(text: Any, index: int, max_chars: int, key: str = "inputs") -> str:
     if isinstance(text, str) and not encodable(text):
         raise InputError(f"{key}[{index}] holds a lone UTF-16 surrogate (an escape like \\ud800); send valid Unicode",

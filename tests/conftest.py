@@ -38,6 +38,16 @@ def chat_static():
 
 
 @pytest.fixture(scope="session")
+def embed_static(minilm):
+    """minilm-embed 1.0 loaded in-process once, for the modules that only call it."""
+    from transerve.inprocess import LocalWorker
+
+    worker = LocalWorker(minilm.version("1.0"))
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="session")
 def store(tmp_path_factory, minilm):
     """A model store holding minilm-embed 1.0 and 1.1, built once for every test."""
     path = tmp_path_factory.mktemp("model_store")

@@ -10,7 +10,7 @@ import json
 from typing import Any, Sequence
 
 from handlers.config import short
-from handlers.payload import InputError, Payload, check_messages, check_text, read_body
+from handlers.payload import InputError, Payload, check_messages, check_text, check_texts, read_body
 from handlers.protocols import Protocol
 from handlers.results import Embedding, Entities, Generation, Labels, Result
 
@@ -97,9 +97,5 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
         return Payload(inputs=[check_text(raw, 0, max_chars)], single=True, parameters=parameters, stream=stream, wire=HF())
     if not isinstance(raw, list):
         raise InputError(f"'inputs' must be a string or a list of strings, got {type(raw).__name__}", reason="invalid_body")
-    if not raw:
-        raise InputError("'inputs' is an empty list; send at least one string", reason="empty_input")
-    if len(raw) > max_inputs:
-        raise InputError(f"{len(raw)} inputs in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413, reason="too_many_inputs")
-    inputs = [check_text(t, i, max_chars) for i, t in enumerate(raw)]
+    inputs = check_texts(raw, "inputs", max_inputs, max_chars)
     return Payload(inputs=inputs, single=False, parameters=parameters, stream=stream, wire=HF())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from handlers.payload import InputError, Payload, check_text
+from handlers.payload import InputError, Payload, check_texts
 from handlers.protocols import Protocol
 from handlers.protocols.hf import value
 from handlers.results import Embedding, Result
@@ -33,9 +33,5 @@ def instances(body: dict, parameters: dict, stream: bool, max_inputs: int, max_c
     raw = body["instances"]
     if not isinstance(raw, list):
         raise InputError(f"'instances' must be a list of strings, got {type(raw).__name__}", reason="invalid_body")
-    if not raw:
-        raise InputError("'instances' is an empty list; send at least one string", reason="empty_input")
-    if len(raw) > max_inputs:
-        raise InputError(f"{len(raw)} instances in one request; the limit is {max_inputs} (max_inputs_per_request)", status=413, reason="too_many_inputs")
-    inputs = [check_text(t, i, max_chars, "instances") for i, t in enumerate(raw)]
+    inputs = check_texts(raw, "instances", max_inputs, max_chars)
     return Payload(inputs=inputs, single=False, parameters=parameters, wire=KServeV1())

@@ -21,7 +21,7 @@ import time
 from typing import Any, Sequence
 
 from handlers.config import short
-from handlers.payload import ROLES, InputError, Payload, check_messages, check_text, read_body
+from handlers.payload import ROLES, InputError, Payload, check_messages, check_text, check_texts, read_body
 from handlers.protocols import Protocol
 from handlers.results import Embedding, Generation, Result
 
@@ -256,18 +256,22 @@ def refuse(key: str, message: str, reason: str = "invalid_parameter") -> InputEr
 
 
 def param(error: InputError) -> str | None:
-    """The request field a refusal is about: named by the protocol, or found in the task's message."""
+    """The request field a refusal is about: named by the protocol, or found in the task's message
+    (`parameters.top_p: ...`, `messages[2].role ...`, `prompt[0] ...`)."""
     if error.param:
         return error.param
-    found = re.match(r"(?:parameters\.)?(\w+)", error.message)
-    name = found.group(1) if found and error.message.startswith(("parameters.", "messages[", "inputs[")) else None
-    return WIRE_NAMES.get(name, name) if name != "inputs" else None
+    found = re.match(r"parameters\.(\w+)|(\w+)\[\d+\]", error.message)
+    if not found:
+        return None
+    name = found.group(1) or found.group(2)
+    return None if name == "inputs" else WIRE_NAMES.get(name, name)  # inputs: the rendered prompt
 
 
 def wire_message(message: str) -> str:
     """The task's message in OpenAI's names: `parameters.max_new_tokens` is `max_tokens` here."""
-    message = re.sub(r"parameters\.(\w+)", lambda m: WIRE_NAMES.get(m.group(1), m.group(1)), message)
-    return message.replace("parameters.truncate=true", "truncation (not offered on this route)")
+    message = message.replace("Shorten it, or send parameters.truncate=true to keep its last tokens", "Shorten it")
+    message = re.sub(r"^inputs\[\d+\] is", "the prompt is", message)
+    return re.sub(r"parameters\.(\w+)", lambda m: WIRE_NAMES.get(m.group(1), m.group(1)), message)
 
 
 def kind(value: Any) -> str:
@@ -282,10 +286,7 @@ def texts(raw: Any, key: str, max_inputs: int, max_chars: int) -> list[str]:
         raise refuse(key, f"'{key}' must be a string or a non-empty list of strings, got {short(raw)}")
     if all(isinstance(x, int) and not isinstance(x, bool) for x in raw) or any(isinstance(x, list) for x in raw):
         raise refuse(key, f"'{key}' as token ids is not supported: send text (this route tokenizes it itself)")
-    if len(raw) > max_inputs:
-        raise InputError(f"{len(raw)} strings in '{key}'; the limit is {max_inputs} (max_inputs_per_request)",
-                         status=413, reason="too_many_inputs", param=key)
-    return [check_text(text, i, max_chars, key) for i, text in enumerate(raw)]
+    return check_texts(raw, key, max_inputs, max_chars, f"strings in '{key}'", param=key)
 
 
 def chat_messages(messages: Any) -> list[dict]:

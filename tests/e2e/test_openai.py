@@ -1,11 +1,12 @@
 """The OpenAI API through the official `openai` Python client: the gateway (transerve/gateway.py)
 in front of the test session's TorchServe, the handler's OpenAI routes behind it.
 
-smollm2-chat 2.0 (continuous batching, its default) and 1.0 serve generation, minilm-embed
-1.0 and 1.1 embeddings; answers are checked against the HF route and sentence-transformers."""
+smollm2-chat 2.0 (continuous batching, its default) serves generation, minilm-embed 1.0
+(and 1.1, rolled out) embeddings; answers are checked against the HF route and sentence-transformers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,29 +26,18 @@ SENTENCES = ["TorchServe serves transformers models.", "A sentence to embed.", "
 
 @pytest.fixture(scope="module")
 def chat_model(torchserve, management):
-    """smollm2-chat 1.0 and 2.0 registered (2.0 the default), for this module."""
-    spec = find_spec("smollm2-chat")
-    for version in ("2.0", "1.0"):
-        archive.build(spec.version(version), torchserve.model_store, log=lambda _: None)
-        management.register(f"smollm2-chat-{version}.mar", initial_workers=1)
-    management.set_default("smollm2-chat", "2.0")
-    yield "smollm2-chat"
-    for version in ("1.0", "2.0"):
-        try:
-            management.unregister("smollm2-chat", version)
-        except ApiError:
-            pass
+    """smollm2-chat 2.0 (continuous batching) registered for this module: the gateway's default."""
+    mv = find_spec("smollm2-chat").version("2.0")
+    archive.build(mv, torchserve.model_store, log=lambda _: None)
+    management.register(mv.archive_name, initial_workers=1)
+    yield mv.name
+    with contextlib.suppress(ApiError):
+        management.unregister(mv.name, mv.version)
 
 
 @pytest.fixture(scope="module")
-def embed_model(management):
-    management.register("minilm-embed-1.0.mar", initial_workers=1)
-    yield "minilm-embed"
-    for version in ("1.1", "1.0"):
-        try:
-            management.unregister("minilm-embed", version)
-        except ApiError:
-            pass
+def embed_model(minilm_registered):
+    return minilm_registered
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +154,9 @@ def test_the_gateway_follows_a_rollout_and_a_rollback(client, embed_model, manag
         time.sleep(1.0)
         assert version_and_vector() == ("1.0", before)
     finally:
-        management.set_default(embed_model, "1.0")
+        with contextlib.suppress(ApiError):
+            management.set_default(embed_model, "1.0")
+            management.unregister(embed_model, "1.1")
 
 
 def test_twelve_concurrent_streamed_chats_all_complete(client, chat_model):

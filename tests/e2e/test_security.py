@@ -25,7 +25,7 @@ def non_loopback_address() -> str | None:
 
 
 def test_every_api_listens_on_loopback_only(torchserve):
-    for api in ("inference", "management", "metrics"):
+    for api in ("inference", "management", "metrics", "openai"):  # openai: the gateway
         assert torchserve.url(api).startswith("http://127.0.0.1:"), api
     assert torchserve.properties["management_address"].startswith("http://127.0.0.1:")  # behind the guard
     for key in ("grpc_inference_address", "grpc_management_address"):
@@ -33,8 +33,8 @@ def test_every_api_listens_on_loopback_only(torchserve):
     address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to try")
-    for api in ("inference", "management", "metrics"):
-        port = int(torchserve.url(api).rsplit(":", 1)[1])
+    for api in ("inference", "management", "metrics", "openai"):
+        port = int(torchserve.url(api).rsplit(":", 1)[1].split("/")[0])
         with pytest.raises(OSError):
             socket.create_connection((address, port), timeout=2).close()
 

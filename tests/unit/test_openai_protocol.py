@@ -10,8 +10,6 @@ import struct
 
 import pytest
 
-from transerve.inprocess import LocalWorker
-
 CHAT = "v1/chat/completions"
 MESSAGES = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Name three colours."}]
 
@@ -22,10 +20,8 @@ def chat(chat_static):
 
 
 @pytest.fixture(scope="module")
-def embedder(minilm):
-    worker = LocalWorker(minilm.version("1.0"))
-    yield worker
-    worker.close()
+def embedder(embed_static):
+    return embed_static
 
 
 def one(worker, body, path):
@@ -151,6 +147,8 @@ REFUSED = [
     (CHAT, "just text", 400, None, "JSON object"),
     ("v1/completions", {"model": "smollm2-chat", "prompt": [1, 2, 3]}, 400, "prompt", "token ids"),
     ("v1/completions", {"model": "smollm2-chat", "prompt": "a", "echo": True}, 400, "echo", "echo"),
+    ("v1/completions", {"model": "smollm2-chat", "prompt": "word " * 3000}, 413, None, "the prompt is 3001 tokens"),
+    ("v1/completions", {"model": "smollm2-chat", "prompt": ["a", 7]}, 400, "prompt", "prompt[1] must be a string"),
     ("v1/embeddings", {"model": "smollm2-chat", "input": "a"}, 404, None, "task is generation"),
     ("v1/responses", {"model": "smollm2-chat", "input": "a"}, 404, None, "no such path"),
 ]
