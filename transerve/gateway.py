@@ -28,6 +28,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ logger = logging.getLogger("transerve.gateway")
 FORWARDED = ("Authorization", "Content-Type", "Accept", "X-Request-Id")
 PASSED_BACK = ("Content-Type", "Content-Length", "Retry-After", "x-request-id")
 VERSION_HEADER = "x-transerve-model-version"
-MAX_BODY = 6_553_600  # TorchServe's max_request_size in config.properties
+MAX_BODY = 6_553_600
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # TorchServe's max_request_size in config.properties
 
 
 def failure(status: int, message: str, code: str | None = None, param: str | None = None, headers=None) -> web.Response:
@@ -102,15 +104,21 @@ class Gateway:
     async def manage(self, path: str) -> tuple[int, object]:
         key = self.keys().get("management")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        async with self.session.get(f"{self.management}{path}", headers=headers, timeout=ClientTimeout(total=10)) as answer:
-            text = await answer.text()
-            try:
-                return answer.status, json.loads(text)
-            except ValueError:
-                return answer.status, text
+        try:
+            async with self.session.get(f"{self.management}{path}", headers=headers, timeout=ClientTimeout(total=10)) as answer:
+                text = await answer.text()
+        except (ClientConnectionError, asyncio.TimeoutError) as e:
+            raise web.HTTPServiceUnavailable(text=error_body(503, f"TorchServe's management API did not answer: {e}"),
+                                             content_type="application/json") from None
+        try:
+            return answer.status, json.loads(text)
+        except ValueError:
+            return answer.status, text
 
     async def default_version(self, name: str) -> str | None:
         """`name`'s default version now (at most `refresh` s old); None: no such model."""
+        if not MODEL_NAME.fullmatch(name):  # TorchServe's names; nothing else goes into a URL
+            return None
         cached = self.defaults.get(name)
         if cached is not None and time.monotonic() - cached[1] < self.refresh:
             return cached[0]
@@ -121,7 +129,8 @@ class Gateway:
         elif status not in (400, 404):
             raise web.HTTPServiceUnavailable(text=error_body(503, f"TorchServe's management API answered {status}: {body}"),
                                              content_type="application/json")
-        self.defaults[name] = (version, time.monotonic())
+        if version is not None:  # unknown names are not remembered: they could be anything
+            self.defaults[name] = (version, time.monotonic())
         return version
 
     async def names(self) -> list[str]:
