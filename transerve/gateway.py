@@ -68,9 +68,14 @@ class Gateway:
             if route != "v1/models":
                 app.router.add_post(f"/{route}", self.forward)
         app.router.add_route("*", "/{tail:.*}", self.unknown)
+        app.on_response_prepare.append(self.plain_server_header)
         app.on_startup.append(self.open)
         app.on_cleanup.append(self.close)
         return app
+
+    @staticmethod
+    async def plain_server_header(_request, response) -> None:
+        response.headers["Server"] = "transerve"  # not aiohttp's and Python's versions
 
     async def open(self, _app) -> None:
         # No overall timeout: a stream lasts as long as its generation; connecting must be quick.

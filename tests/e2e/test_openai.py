@@ -126,6 +126,7 @@ def test_raw_http_errors_are_openai_bodies(torchserve, chat_model):
     ]:
         assert answer.status_code == status, answer.text
         assert set(answer.json()["error"]) == {"message", "type", "param", "code"}, answer.text
+        assert answer.headers["Server"] == "transerve"  # no software versions on the wire
 
 
 def test_the_gateway_follows_a_rollout_and_a_rollback(client, embed_model, management, torchserve, tmp_path):
