@@ -118,7 +118,7 @@ def raw_embeddings(model_path: Path, max_length: int, seconds: float) -> dict:
         best = max(by_batch, key=by_batch.get)
         out[label] = {"inputs_per_s_by_batch": by_batch, "best_batch": best, "inputs_per_s": by_batch[best]}
     # The opt-in int8 lever (handler config quantize: int8), in-process: speed and agreement.
-    from handlers.tasks.base import quantize_int8
+    from handlers.engines.torch import quantize_int8
 
     fp32 = embed(SHORT[:128])
     quantized = quantize_int8(model)  # a copy: `model` stays float32

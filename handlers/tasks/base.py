@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -12,6 +11,7 @@ import torch
 from transformers import AutoTokenizer
 
 from handlers.config import ConfigError, HandlerConfig, parse_dataclass
+from handlers.engines import load_engine
 from handlers.payload import InputError, Payload
 from handlers.results import Result
 
@@ -106,31 +106,6 @@ def load_tokenizer(model_dir: str, cfg: HandlerConfig):
     return tokenizer
 
 
-def load_pretrained(auto_class, model_dir: str, cfg: HandlerConfig, device: torch.device):
-    """Weights from safetensors (pickle only where the spec allows it), in the configured dtype,
-    on the worker's device, in eval mode; the model's own code only where the spec trusts it."""
-    model = auto_class.from_pretrained(
-        model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=None if cfg.allow_pickle else True,
-        trust_remote_code=cfg.trust_remote_code,
-    )
-    model = model.to(device).eval()
-    if cfg.quantize == "int8":
-        if device.type != "cpu":
-            logger.warning("transerve: quantize: int8 is for CPU workers; this one runs on %s in %s", device, cfg.dtype)
-        else:
-            model = quantize_int8(model)
-    return model
-
-
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """int8 dynamic quantization of every Linear layer, one scale per output channel."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():  # torch marks the eager-mode API deprecated in favour of torchao
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-
-
 def tokenize(tokenizer, items: Sequence[Item], max_length: int, truncate: bool, **fields: bool) -> list[dict]:
     """Every input of every item in one tokenizer call, cut at max_length: one dict per row.
 
@@ -220,15 +195,21 @@ class EncoderTask(Task):
     """A task answered by one encoder forward: fast tokenizer, safetensors model, token limit."""
 
     auto_class: Any  # the transformers AutoModel… class to load
+    output: str  # the field of its output the task reads: last_hidden_state or logits
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.tokenizer = load_tokenizer(model_dir, cfg)
-        self.model = load_pretrained(self.auto_class, model_dir, cfg, device)
-        self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
-        config = self.model.config
+        self.engine = load_engine(self.auto_class, self.output, model_dir, cfg, device)
+        config = self.engine.config
+        self.max_length = model_max_length(self.tokenizer, config, cfg.max_length)
         # The label of each output column, from the model config (classifiers use it).
         self.labels = [config.id2label.get(i, f"LABEL_{i}") for i in range(getattr(config, "num_labels", 0))]
+
+    @property
+    def model(self):
+        """The torch module behind a torch engine."""
+        return self.engine.model
 
     def per_row(self, tokens: Tokens, run) -> list[torch.Tensor]:
         """run(input_ids, attention_mask) -> a tensor with one entry per row, called once per

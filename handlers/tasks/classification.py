@@ -24,10 +24,11 @@ class ClassificationTask(EncoderTask):
     name = "classification"
     Params = ClassificationParams
     auto_class = AutoModelForSequenceClassification
+    output = "logits"
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         super().load(model_dir, cfg, device)
-        config = self.model.config
+        config = self.engine.config
         # The same choice as transformers' text-classification pipeline.
         if config.problem_type == "regression":
             self.activation = lambda logits: logits
@@ -46,7 +47,7 @@ class ClassificationTask(EncoderTask):
         return self.tokens(items)
 
     def forward(self, batch: Tokens) -> list:
-        logits = torch.stack(self.per_row(batch, lambda ids, mask: self.model(input_ids=ids, attention_mask=mask).logits))
+        logits = torch.stack(self.per_row(batch, self.engine))
         return self.activation(logits.float()).cpu().tolist()
 
     def results(self, item: Item, outputs: list) -> list[Labels]:

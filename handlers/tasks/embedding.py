@@ -29,6 +29,7 @@ class EmbeddingTask(EncoderTask):
     name = "embedding"
     Params = EmbeddingParams
     auto_class = AutoModel
+    output = "last_hidden_state"
 
     def collate(self, items: Sequence[Item]) -> EmbeddingBatch | None:
         tokens = self.tokens(items)
@@ -48,7 +49,7 @@ class EmbeddingTask(EncoderTask):
         return list(zip(pooled.cpu().tolist(), batch.tokens.lengths))
 
     def pool(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = self.engine(input_ids, mask)
         if self.cfg.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -59,4 +60,4 @@ class EmbeddingTask(EncoderTask):
 
     @property
     def dimensions(self) -> int:
-        return self.model.config.hidden_size
+        return self.engine.config.hidden_size

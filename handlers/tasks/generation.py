@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM
 from handlers.config import HandlerConfig, short
 from handlers.payload import InputError, Payload
 from handlers.results import Generation
-from handlers.tasks.base import Item, Task, Usage, load_pretrained, load_tokenizer, model_max_length
+from handlers.engines.torch import load_pretrained
+from handlers.tasks.base import Item, Task, Usage, load_tokenizer, model_max_length
 from handlers.tasks.decoding import Decoder, Row
 
 MAX_STOP_STRINGS = 8

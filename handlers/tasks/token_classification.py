@@ -43,6 +43,7 @@ class TokenClassificationTask(EncoderTask):
     name = "token_classification"
     Params = TokenClassificationParams
     auto_class = AutoModelForTokenClassification
+    output = "logits"
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         super().load(model_dir, cfg, device)
@@ -63,7 +64,7 @@ class TokenClassificationTask(EncoderTask):
 
     def forward(self, batch: Tokens) -> list:
         def probabilities(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1).cpu()
+            return torch.softmax(self.engine(ids, mask).float(), dim=-1).cpu()
 
         rows = self.per_row(batch, probabilities)
         return [(probs[:n], row) for probs, n, row in zip(rows, batch.lengths, batch.rows)]
