@@ -66,7 +66,7 @@ def cmd_archive(args) -> int:
         if args.json:
             print(json.dumps(asdict(record)))
         else:
-            state = "reused" if record.reused else "built"
+            state = "reused" if record.reused else f"built in {record.seconds:.1f} s, {record.size / 1e6 / max(record.seconds, 1e-3):.0f} MB/s"
             print(f"{record.path}  {record.size / 1e6:.1f} MB  sha256 {record.sha256}  ({state})")
     return 0
 
@@ -77,7 +77,7 @@ def cmd_serve(args) -> int:
     versions = [spec.version() for spec in specs]
     for mv in versions:
         record = archive.build(mv, Path(args.model_store), refuse_tampered=True)
-        print(f"archive {record.path} ({record.size / 1e6:.1f} MB, {'reused' if record.reused else 'built'})")
+        print(f"archive {record.path} ({record.size / 1e6:.1f} MB, {'reused' if record.reused else f'built in {record.seconds:.1f} s'})")
     server = _server(args)
     started = time.monotonic()
     server.start()
