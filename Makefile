@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools soak bench bench-generation bench-gateway deploy-manifests archive clean
+.PHONY: setup serve stop status test test-tools soak bench bench-generation bench-gateway bench-dtype deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-generation: setup
 # clients, against TorchServe's route; bench/results/GATEWAY.md. About 3 minutes.
 bench-gateway: setup
 	$(VENV)/bin/python bench/gateway.py
+
+# smollm2-chat in bfloat16 against float32 on CPU (bench/dtype.py): speed and accuracy;
+# bench/results/DTYPE.md. About 1 minute.
+bench-dtype: setup
+	$(VENV)/bin/python bench/dtype.py
 
 soak: setup
 	$(VENV)/bin/python bench/soak.py
