@@ -65,8 +65,7 @@ class TransformersHandler(BaseHandler):
 
     def parse(self, idx: int, row):
         """Request `idx` read by the protocol its path names (handlers/protocols), then by the
-        task; InputError when refused, written in that protocol once it is known."""
-        self.wires[idx] = HF()
+        task; InputError when refused, written in that protocol once it is known (HF's before)."""
         route = self.context.get_request_header(idx, "url_path")
         wire = self.wires[idx] = for_route(route, self.model_name, self.context.request_ids[idx])
         payload = wire.decode(row, self.task)

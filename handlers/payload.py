@@ -75,9 +75,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def read_body(row: Any) -> Any:
+def read_body(row: Any, example: str) -> Any:
     """One TorchServe request row's body: parsed JSON (a dict, a list, ...) or text; bytes that
-    are not UTF-8, JSON that does not parse and HTML form fields are refused."""
+    are not UTF-8, JSON that does not parse and HTML form fields are refused, the JSON ones
+    with `example`, a body of the caller's protocol."""
     body = _body_of(row)
     if isinstance(body, (bytes, bytearray)):
         try:
@@ -89,11 +90,10 @@ def read_body(row: Any) -> Any:
             try:
                 body = json.loads(text)
             except RecursionError:
-                raise InputError("body is JSON nested too deeply; send {\"inputs\": ..., \"parameters\": {...}}",
-                                 reason="invalid_json") from None
+                raise InputError(f"body is JSON nested too deeply; send e.g. {example}", reason="invalid_json") from None
             except json.JSONDecodeError as e:
-                raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. "
-                                 '{"inputs": ["first text", "second text"], "parameters": {}}', reason="invalid_json") from None
+                raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. {example}",
+                                 reason="invalid_json") from None
     return body
 
 

@@ -20,7 +20,7 @@ from transerve import archive, deploy, metrics_api
 from transerve.management import ApiError, InferenceClient, ManagementClient, key_reader
 from transerve.rollout import History, RolloutError, Rollouts
 from transerve.server import (
-    CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, guard_address, openai_base_url, read_properties, running_pid, stop_guard,
+    CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, guard_address, openai_base_url, read_properties, running_pid, stop_helpers,
     stop_running,
 )
 from transerve.spec import MODELS_DIR, all_specs, find_spec
@@ -110,12 +110,12 @@ def cmd_serve(args) -> int:
             print(f"sample request to {mv.name} ({(time.monotonic() - started) * 1000:.0f} ms): {json.dumps(request)}")
             print(f"answer: {json.dumps(_short(answer))}")
         if server.openai_address:
-            _openai_samples(server, versions, inference)
+            _openai_samples(server, versions)
     print("stop it with: transerve stop")
     return 0
 
 
-def _openai_samples(server: Server, versions, inference: InferenceClient) -> None:
+def _openai_samples(server: Server, versions) -> None:
     """Each model's sample again, as an OpenAI request through the gateway."""
     for mv in versions:
         request = mv.samples[0].request if mv.samples else {}
@@ -196,7 +196,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    stop_guard(Path(args.run_dir))
+    stop_helpers(Path(args.run_dir))
     stopped = stop_running()
     (Path(args.run_dir) / "key_file.json").unlink(missing_ok=True)
     print("TorchServe stopped" if stopped else "TorchServe was not running")

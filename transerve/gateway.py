@@ -225,20 +225,19 @@ class Gateway:
         except ValueError:
             answer = {"message": text.strip()}
         answer = answer if isinstance(answer, dict) else {}
+        retry = {k: upstream.headers[k] for k in ("Retry-After",) if k in upstream.headers}
         if "error" in answer:
-            headers = {k: upstream.headers[k] for k in ("Retry-After",) if k in upstream.headers}
             return web.Response(status=upstream.status, text=text, content_type="application/json",
-                                headers={**headers, VERSION_HEADER: version})
-        return self.torchserve_error(upstream.status, answer, upstream.headers)
+                                headers={**retry, VERSION_HEADER: version})
+        return self.torchserve_error(upstream.status, answer, retry)
 
     @staticmethod
-    def torchserve_error(status: int, answer: dict, headers) -> web.Response:
+    def torchserve_error(status: int, answer: dict, retry: dict) -> web.Response:
         """TorchServe's own refusal, {"code", "type", "message"}, in OpenAI's body."""
         message = answer.get("message") or f"TorchServe answered {status}"
         if answer.get("type") == "InvalidKeyException":
             return failure(401, f"Incorrect API key provided ({message})", "invalid_api_key")
-        extra = {k: headers[k] for k in ("Retry-After",) if k in headers}
-        return failure(status, message, answer.get("type"), headers=extra)
+        return failure(status, message, answer.get("type"), headers=retry)
 
 
 def main(argv: list[str] | None = None) -> None:

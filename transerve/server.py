@@ -183,16 +183,16 @@ class Server:
                      "grpc_listen": self.grpc_management_address, "grpc_upstream": grpc_upstream},
                     [listen, self.grpc_management_address])
 
-    def start_gateway(self) -> subprocess.Popen:
+    def start_gateway(self) -> None:
         """The OpenAI gateway (transerve/gateway.py) in front of TorchServe's inference API."""
         listen = self.openai_address.split("://", 1)[-1].rstrip("/")
         auth = self.properties.get("disable_token_authorization") != "true"
-        return self._spawn("gateway", ["--listen", listen, "--inference", self.properties["inference_address"],
-                                       "--management", self.properties["management_address"],
-                                       *(["--key-file", str(self.key_file)] if auth else [])],
-                           {"listen": listen, "base_url": self.url("openai")}, [listen])
+        self._spawn("gateway", ["--listen", listen, "--inference", self.properties["inference_address"],
+                                "--management", self.properties["management_address"],
+                                *(["--key-file", str(self.key_file)] if auth else [])],
+                    {"listen": listen, "base_url": self.url("openai")}, [listen])
 
-    def _spawn(self, name: str, args: list[str], record: dict, addresses: list[str], timeout: float = 20) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], record: dict, addresses: list[str], timeout: float = 20) -> None:
         """transerve.<name> as a process of its own, recorded in the run dir (<name>.json), once
         it accepts connections on every address."""
         command = [sys.executable, "-m", f"transerve.{name}", *args]
@@ -210,7 +210,6 @@ class Server:
                     if process.poll() is not None or time.monotonic() > deadline:
                         raise ServerError(f"transerve.{name} did not start; see {self.log_dir}/{name}.log") from None
                     time.sleep(0.1)
-        return process
 
     def wait_healthy(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -266,7 +265,7 @@ class Server:
             self.key_file.unlink(missing_ok=True)
             return 1 if "timeout" in stopping else (0 if stopping else code)
         finally:
-            stop_guard(self.run_dir)  # the gateway
+            stop_helpers(self.run_dir)  # the gateway
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if process.poll() is None:
@@ -279,7 +278,7 @@ class Server:
         return all(check(self.run_dir, name, timeout=2)[0] for name in names)
 
     def stop(self, timeout: float = 60) -> bool:
-        stop_guard(self.run_dir)
+        stop_helpers(self.run_dir)
         stopped = stop_running(timeout)
         self.key_file.unlink(missing_ok=True)
         return stopped
@@ -314,7 +313,7 @@ def openai_base_url(run_dir: Path) -> str | None:
     return _record(run_dir, "gateway", "base_url")
 
 
-def stop_guard(run_dir: Path) -> None:
+def stop_helpers(run_dir: Path) -> None:
     """Stop the management guard and the OpenAI gateway started from run_dir, if any."""
     for name in ("guard", "gateway"):
         path = Path(run_dir) / f"{name}.json"

@@ -39,8 +39,8 @@ class Protocol:
         raise NotImplementedError
 
     def delta(self, item: Item, text: str) -> str:
-        """One streamed part of generated text."""
-        raise InputError("this protocol does not stream", reason="invalid_request")
+        """One streamed part of generated text (only protocols that stream implement it)."""
+        raise NotImplementedError
 
     def end(self, item: Item, results: Sequence[Result]) -> str:
         """The last part of a streamed response (after every delta)."""

@@ -66,7 +66,7 @@ def details(result: Generation) -> dict:
 def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
     """Turn one TorchServe request row into a Payload, or raise InputError saying why not.
     A body with "instances" is KServe's V1 protocol, answered in its shape."""
-    body = read_body(row)
+    body = read_body(row, EXAMPLE)
     if isinstance(body, str):
         return Payload(inputs=[check_text(body, 0, max_chars)], single=True, wire=HF())
     if not isinstance(body, dict):

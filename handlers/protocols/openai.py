@@ -54,6 +54,11 @@ KEYS = {
     COMPLETIONS: ("prompt", *GENERATION),
     EMBEDDINGS: ("model", "input", "encoding_format", "dimensions", "user"),
 }
+EXAMPLES = {
+    CHAT: '{"model": "<name>", "messages": [{"role": "user", "content": "Hello"}]}',
+    COMPLETIONS: '{"model": "<name>", "prompt": "Once upon a time"}',
+    EMBEDDINGS: '{"model": "<name>", "input": ["first text", "second text"]}',
+}
 REQUIRED = {CHAT: ("model", "messages"), COMPLETIONS: ("model", "prompt"), EMBEDDINGS: ("model", "input")}
 # The HF shape's parameter names, as OpenAI calls them, for the task's own messages.
 WIRE_NAMES = {"max_new_tokens": "max_tokens"}
@@ -71,6 +76,7 @@ class OpenAI(Protocol):
         self.created = int(time.time())
         self.started = False  # a chat stream's first chunk (with the role) went out
         self.usage_chunk = False  # stream_options.include_usage
+        self.base64 = False  # embeddings: encoding_format base64
 
     # requests
 
@@ -80,7 +86,7 @@ class OpenAI(Protocol):
                              f"{', '.join('/' + r for r in ROUTES)}", status=404, reason="unknown_path")
         if self.route == MODELS:
             return Payload(inputs=[], single=True, wire=self)
-        body = read_body(row)
+        body = read_body(row, EXAMPLES[self.route])
         if not isinstance(body, dict):
             raise InputError(f"the body must be a JSON object, as the OpenAI API takes it; got {kind(body)}", reason="invalid_body")
         if task.name != TASK_OF[self.route]:

@@ -145,6 +145,7 @@ REFUSED = [
     (CHAT, {"model": "smollm2-chat"}, 400, "messages", "'messages' is required"),
     (CHAT, {"model": "gpt-4o", "messages": MESSAGES}, 404, None, "does not exist"),
     (CHAT, "just text", 400, None, "JSON object"),
+    (CHAT, b"{not json", 400, None, 'expected e.g. {"model": "<name>", "messages"'),
     ("v1/completions", {"model": "smollm2-chat", "prompt": [1, 2, 3]}, 400, "prompt", "token ids"),
     ("v1/completions", {"model": "smollm2-chat", "prompt": "a", "echo": True}, 400, "echo", "echo"),
     ("v1/completions", {"model": "smollm2-chat", "prompt": "word " * 3000}, 413, None, "the prompt is 3001 tokens"),
