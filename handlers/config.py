@@ -147,6 +147,9 @@ class HandlerConfig:
     # torch intra-op threads for this worker; None leaves torch's default.
     threads: Optional[int] = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # What runs the encoder's forward pass: transformers' model in torch, or ONNX Runtime on
+    # a graph exported at preparation time and proved against torch (transerve.prepare).
+    engine: Literal["torch", "onnxruntime"] = "torch"
     # CPU only, opt-in: int8 dynamic quantization of the Linear layers (weights int8,
     # activations quantized on the fly). Faster on CPU and close, not equal, to float32:
     # bench/results reports the agreement. Ignored on a GPU.
@@ -166,6 +169,14 @@ class HandlerConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 yield key, f"expected a positive integer, got {value!r}"
+        if self.engine == "onnxruntime":
+            if self.task == "generation":
+                yield "engine", ("onnxruntime runs the encoder tasks (embedding, classification, token_classification); "
+                                 "generation decodes with torch: remove engine or set engine: torch")
+            elif self.quantize:
+                yield "quantize", "int8 dynamic quantization is a torch engine option: remove quantize, or set engine: torch"
+            elif self.dtype != "float32":
+                yield "dtype", f"the ONNX graph is exported in float32; dtype is {self.dtype}: remove dtype, or set engine: torch"
         if self.quantize and self.dtype != "float32":
             yield "quantize", f"int8 quantization starts from float32 weights; dtype is {self.dtype}"
         if self.default_max_new_tokens > self.max_new_tokens:

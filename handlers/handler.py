@@ -58,8 +58,9 @@ class TransformersHandler(BaseHandler):
         self.count_cuda_memory()
         self.initialized = True
         logger.info(
-            "transerve: %s task=%s loaded on %s (dtype %s, %d torch threads) in %.2fs",
-            context.model_name, self.cfg.task, self.device, self.cfg.dtype, threads,
+            "transerve: %s task=%s loaded on %s (engine %s, dtype %s, %d threads) in %.2fs",
+            context.model_name, self.cfg.task, self.device, getattr(getattr(self.task, "engine", None), "name", "torch"),
+            self.cfg.dtype, threads,
             time.perf_counter() - started,
         )
 

@@ -69,6 +69,10 @@ def _model_files(source: Path, mv: ModelVersion) -> list[Path]:
         if p.is_file() and p.name not in SKIPPED and "__pycache__" not in p.parts
         and (p.suffix not in PICKLED or pickles_allowed)
     ]
+    if mv.handler.engine == "onnxruntime":  # a prepared directory: the graph, no torch weights
+        if not any(p.suffix == ".onnx" for p in files):
+            raise SpecError(f"{mv.spec_file}: source: no ONNX graph in {source}")
+        return files
     if not any(p.suffix == ".safetensors" or (pickles_allowed and p.suffix in PICKLED) for p in files):
         found = sorted(p.name for p in source.iterdir() if p.suffix in PICKLED)
         hint = (f"; it has pickle weights ({', '.join(found)}), refused because unpickling runs code: convert them "

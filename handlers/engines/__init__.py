@@ -1,7 +1,8 @@
 """Engines: what runs an encoder's forward pass. A task hands its engine a padded batch
 (input ids and attention mask) and gets the model's output back, the last hidden states
 (embeddings) or the logits (classifiers); it never calls the model itself. One module per
-backend: `torch` (transformers' model in torch) today."""
+backend, picked by the handler key `engine`: `torch` (transformers' model in torch) and
+`ort` (ONNX Runtime, on the graph exported at preparation)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ class Engine(Protocol):
 def load_engine(auto_class, output: str, model_dir: str, cfg: HandlerConfig, device: torch.device) -> Engine:
     """The engine for a model directory: `auto_class` is the transformers class its task loads,
     `output` the field of that model's output the task reads."""
+    if cfg.engine == "onnxruntime":
+        from handlers.engines.ort import OrtEngine
+
+        return OrtEngine(model_dir, cfg, device)
     from handlers.engines.torch import TorchEngine
 
     return TorchEngine(auto_class, output, model_dir, cfg, device)

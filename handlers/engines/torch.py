@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 class TorchEngine:
+    name = "torch"
+
     def __init__(self, auto_class, output: str, model_dir: str, cfg: HandlerConfig, device: torch.device):
         self.model = load_pretrained(auto_class, model_dir, cfg, device)
         self.config = self.model.config

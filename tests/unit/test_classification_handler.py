@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from transerve.inprocess import LocalWorker
+from transerve.prepare import SCORE_TOLERANCE
 
 TEXTS = [
     "I loved this film.", "Terrible service, never again.", "It was fine, I guess.", "a", "ok",
@@ -17,17 +18,21 @@ TEXTS = [
 LABELS = ["negative", "neutral", "positive"]
 
 
-# (problem type, max_batch_tokens): the second runs the batches as length-sorted micro-batches.
-@pytest.fixture(scope="module", params=[("single_label_classification", None), ("multi_label_classification", 32)])
+# (problem type, max_batch_tokens, engine): a budget runs the batches as length-sorted
+# micro-batches; onnxruntime runs the graph exported (and proved) at preparation.
+@pytest.fixture(scope="module", params=[
+    ("single_label_classification", None, "torch"), ("multi_label_classification", 32, "torch"),
+    ("single_label_classification", 32, "onnxruntime"), ("multi_label_classification", None, "onnxruntime"),
+], ids=lambda p: "-".join(str(x) for x in p))
 def classifier(request, tmp_path_factory, tiny_bert):
     from transformers import BertForSequenceClassification, pipeline
 
-    problem_type, budget = request.param
+    problem_type, budget, engine = request.param
     mv, weights = tiny_bert(
         tmp_path_factory.mktemp("classifier"), BertForSequenceClassification, "classification", LABELS,
         problem_type=problem_type,
     )
-    worker = LocalWorker(mv.with_handler(max_batch_tokens=budget))
+    worker = LocalWorker(mv.with_handler(max_batch_tokens=budget, engine=engine))
     reference = pipeline("text-classification", model=str(weights), top_k=None, device="cpu", truncation=True)
     yield worker, reference
     worker.close()
@@ -37,9 +42,10 @@ def test_scores_and_labels_match_the_pipeline(classifier):
     worker, reference = classifier
     [answer] = worker.predict([{"inputs": TEXTS, "parameters": {"top_k": None}}])
     assert answer.status == 200
+    tolerance = 1e-5 if worker.mv.handler.engine == "torch" else SCORE_TOLERANCE  # the ONNX graph's proof
     for text, got, expected in zip(TEXTS, answer.body, reference(TEXTS)):
         assert [d["label"] for d in got] == [d["label"] for d in expected], text
-        assert all(abs(g["score"] - e["score"]) < 1e-5 for g, e in zip(got, expected)), text
+        assert all(abs(g["score"] - e["score"]) < tolerance for g, e in zip(got, expected)), text
 
 
 def test_top_k_defaults_to_one_and_single_input_gets_a_flat_list(classifier):

@@ -35,21 +35,24 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module", params=[None, 48], ids=["one-call", "micro-batches"])
+@pytest.fixture(scope="module", params=[("1.0", None), ("1.0", 48), ("2.0", None), ("2.0", 48)],
+                ids=["torch-one-call", "torch-micro-batches", "onnxruntime-one-call", "onnxruntime-micro-batches"])
 def worker(request, minilm):
-    """minilm-embed 1.0, and the same with max_batch_tokens small enough that the test
-    batches run as many length-sorted micro-batches."""
-    mv = minilm.version("1.0")
-    local = LocalWorker(mv.with_handler(max_batch_tokens=request.param))
+    """minilm-embed 1.0 (torch) and 2.0 (ONNX Runtime), each also with max_batch_tokens small
+    enough that the test batches run as many length-sorted micro-batches."""
+    version, budget = request.param
+    mv = minilm.version(version)
+    local = LocalWorker(mv.with_handler(max_batch_tokens=budget))
     yield local
     local.close()
 
 
 @pytest.fixture(scope="module")
-def reference(worker):
+def reference(minilm):
+    """sentence-transformers on the model's own files (the torch weights, whatever the engine)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(worker.model_dir), device="cpu")
+    return SentenceTransformer(str(minilm.version("1.0").source_dir()), device="cpu")
 
 
 def cosine(a, b) -> float:
@@ -60,6 +63,19 @@ def cosine(a, b) -> float:
 def test_worker_loads_on_cpu_without_a_gpu(worker):
     assert str(worker.handler.device) == "cpu"
     assert worker.handler.task.max_length == 256
+    engine = worker.handler.task.engine.name
+    assert engine == ("torch" if worker.mv.handler.engine == "torch" else "onnxruntime (CPUExecutionProvider)")
+
+
+def test_the_onnx_version_carries_the_graph_and_no_torch_weights(minilm):
+    mv = minilm.version("2.0")
+    local = LocalWorker(mv)
+    try:
+        names = {p.name for p in local.model_dir.rglob("*")}
+    finally:
+        local.close()
+    assert {"model.onnx", "model.onnx.data", "tokenizer.json", "config.json"} <= names
+    assert not any(name.endswith((".safetensors", ".bin")) for name in names)
 
 
 def test_embeddings_match_sentence_transformers(worker, reference):

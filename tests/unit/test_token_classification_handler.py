@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from transerve.inprocess import LocalWorker
+from transerve.prepare import SCORE_TOLERANCE
 
 TEXTS = [
     "Angela Merkel met Emmanuel Macron in Paris.", "Hugging Face is based in New York City.",
@@ -21,27 +22,35 @@ LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 STRATEGIES = ["none", "simple", "first", "max", "average"]
 
 
-@pytest.fixture(scope="module", params=[None, 32], ids=["one-call", "micro-batches"])
+@pytest.fixture(scope="module", params=[(None, "torch"), (32, "torch"), (None, "onnxruntime"), (32, "onnxruntime")],
+                ids=["torch-one-call", "torch-micro-batches", "onnxruntime-one-call", "onnxruntime-micro-batches"])
 def tagger(request, tmp_path_factory, tiny_bert):
     """A tiny BERT token classifier (in one model call per batch, or in length-sorted
-    micro-batches of at most 32 padded tokens), and transformers' pipeline on the same files."""
+    micro-batches of at most 32 padded tokens; on torch, or on the ONNX graph exported at
+    preparation), and transformers' pipeline on the same files."""
+    budget, engine = request.param
     from transformers import BertForTokenClassification, pipeline
 
     mv, weights = tiny_bert(
         tmp_path_factory.mktemp("tagger"), BertForTokenClassification, "token_classification", LABELS, seed=1,
     )
-    worker = LocalWorker(mv.with_handler(max_batch_tokens=request.param))
+    worker = LocalWorker(mv.with_handler(max_batch_tokens=budget, engine=engine))
     yield worker, lambda strategy: pipeline("token-classification", model=str(weights), aggregation_strategy=strategy, device="cpu")
     worker.close()
 
 
-def same_entities(got: list[dict], expected: list[dict]) -> None:
+def tolerance(worker) -> float:
+    """Scores from torch match the pipeline's to 1e-5; the ONNX graph is proved to 1e-4."""
+    return 1e-5 if worker.mv.handler.engine == "torch" else SCORE_TOLERANCE
+
+
+def same_entities(got: list[dict], expected: list[dict], tol: float) -> None:
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert set(g) == set(e)
         for key in e:
             if key == "score":
-                assert abs(g[key] - float(e[key])) < 1e-5
+                assert abs(g[key] - float(e[key])) < tol
             else:
                 assert g[key] == e[key], key
 
@@ -55,7 +64,7 @@ def test_entities_match_the_pipeline(tagger, strategy):
     found = 0
     for text, got in zip(TEXTS, answer.body):
         expected = reference(text)
-        same_entities(got, expected)
+        same_entities(got, expected, tolerance(worker))
         found += len(expected)
     assert found > len(TEXTS)  # the random model does tag things: the comparison is not of empty lists
 
@@ -77,7 +86,7 @@ def test_default_aggregation_is_simple_and_ignore_labels_applies(tagger):
         {"inputs": TEXTS[0]},
         {"inputs": TEXTS[0], "parameters": {"aggregation_strategy": "none", "ignore_labels": []}},
     ])
-    same_entities(default.body, pipeline_for("simple")(TEXTS[0]))
+    same_entities(default.body, pipeline_for("simple")(TEXTS[0]), tolerance(worker))
     assert len(everything.body) == len([t for t in worker.handler.task.tokenizer(TEXTS[0])["input_ids"]]) - 2
 
 
