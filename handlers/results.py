@@ -7,11 +7,12 @@ into its own body (handlers/protocols/*.py). Neither knows the other's shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 
 @dataclass(frozen=True)
 class Embedding:
-    vector: list[float]
+    vector: Sequence[float]  # a float32 numpy row
     tokens: int  # the input's tokens, after truncation
 
 

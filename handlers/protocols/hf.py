@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 from handlers.config import short
 from handlers.payload import InputError, Payload, check_messages, check_text, check_texts, read_body
-from handlers.protocols import Protocol
+from handlers.protocols import Protocol, dumps
 from handlers.results import Embedding, Entities, Generation, Labels, Result
 
 EXAMPLE = '{"inputs": ["first text", "second text"], "parameters": {}}'
@@ -34,14 +33,14 @@ class HF(Protocol):
         else:
             values = [value(r) for r in results]
             answer = values[0] if item.payload.single else values
-        return json.dumps(answer)
+        return dumps(answer)
 
     def delta(self, item, text: str) -> str:
-        return json.dumps({"text": text}) + "\n"
+        return dumps({"text": text}) + "\n"
 
     def end(self, item, results: Sequence[Result]) -> str:
         [result] = results
-        return json.dumps({"text": result.tail, "details": details(result)}) + "\n"
+        return dumps({"text": result.tail, "details": details(result)}) + "\n"
 
 
 def value(result: Result) -> Any:

@@ -4,11 +4,10 @@ Errors keep the HF shape's body (KServe passes the worker's body through)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 from handlers.payload import InputError, Payload, check_texts
-from handlers.protocols import Protocol
+from handlers.protocols import Protocol, dumps
 from handlers.protocols.hf import value
 from handlers.results import Embedding, Result
 
@@ -17,7 +16,7 @@ class KServeV1(Protocol):
     name = "kserve_v1"
 
     def answer(self, item, results: Sequence[Result]) -> str:
-        return json.dumps({"predictions": [prediction(r) for r in results]})
+        return dumps({"predictions": [prediction(r) for r in results]})
 
 
 def prediction(result: Result) -> Any:

@@ -14,15 +14,15 @@ presence_penalty=0, logprobs=false, ...): never silently ignored.
 from __future__ import annotations
 
 import base64
-import json
 import re
-import struct
 import time
 from typing import Any, Sequence
 
+import numpy as np
+
 from handlers.config import short
 from handlers.payload import ROLES, InputError, Payload, check_messages, check_text, check_texts, read_body
-from handlers.protocols import Protocol
+from handlers.protocols import Protocol, dumps
 from handlers.results import Embedding, Generation, Result
 
 CHAT, COMPLETIONS, EMBEDDINGS, MODELS = "v1/chat/completions", "v1/completions", "v1/embeddings", "v1/models"
@@ -169,7 +169,7 @@ class OpenAI(Protocol):
     def ready(self) -> str | None:
         if self.route != MODELS:
             return None
-        return json.dumps({"object": "list", "data": [model_card(self.model, self.created)]})
+        return dumps({"object": "list", "data": [model_card(self.model, self.created)]})
 
     # answers
 
@@ -177,7 +177,7 @@ class OpenAI(Protocol):
         if self.route == EMBEDDINGS:
             data = [{"object": "embedding", "index": i, "embedding": self.vector(r)} for i, r in enumerate(results)]
             tokens = sum(r.tokens for r in results)
-            return json.dumps({"object": "list", "data": data, "model": self.model,
+            return dumps({"object": "list", "data": data, "model": self.model,
                                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
         if self.route == CHAT:
             choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
@@ -185,13 +185,13 @@ class OpenAI(Protocol):
         else:
             choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": finish(r)}
                        for i, r in enumerate(results)]
-        return json.dumps({"id": self.id, "object": self.object, "created": self.created, "model": self.model,
+        return dumps({"id": self.id, "object": self.object, "created": self.created, "model": self.model,
                            "choices": choices, "usage": usage(results)})
 
     def vector(self, result: Embedding) -> list[float] | str:
         if not self.base64:
             return result.vector
-        return base64.b64encode(struct.pack(f"<{len(result.vector)}f", *result.vector)).decode("ascii")
+        return base64.b64encode(np.asarray(result.vector, dtype="<f4").tobytes()).decode("ascii")
 
     @property
     def object(self) -> str:
@@ -231,7 +231,7 @@ class OpenAI(Protocol):
 
 
 def sse(data: dict) -> str:
-    return f"data: {json.dumps(data)}\n\n"
+    return f"data: {dumps(data)}\n\n"
 
 
 def finish(result: Generation) -> str:
@@ -254,7 +254,7 @@ ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "inval
 def error_body(status: int, message: str, param_: str | None = None, code: str | None = None) -> str:
     """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
     kind = ERROR_TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "server_error")
-    return json.dumps({"error": {"message": message, "type": kind, "param": param_, "code": code}})
+    return dumps({"error": {"message": message, "type": kind, "param": param_, "code": code}})
 
 
 def refuse(key: str, message: str, reason: str = "invalid_parameter") -> InputError:

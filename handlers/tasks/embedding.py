@@ -46,7 +46,8 @@ class EmbeddingTask(EncoderTask):
     def forward(self, batch: EmbeddingBatch) -> list:
         pooled = torch.stack(self.per_row(batch.tokens, self.pool)).float()
         pooled = torch.where(batch.normalize.unsqueeze(-1), F.normalize(pooled, dim=-1), pooled)
-        return list(zip(pooled.cpu().tolist(), batch.tokens.lengths))
+        # float32 numpy rows: the protocols write them as JSON (or base64) without a list of floats
+        return list(zip(pooled.cpu().numpy(), batch.tokens.lengths))
 
     def pool(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = self.engine(input_ids, mask)
