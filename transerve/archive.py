@@ -89,10 +89,10 @@ def model_config_text(mv: ModelVersion) -> str:
     return yaml.safe_dump(mv.model_config(), sort_keys=True)
 
 
-def inputs_digest(mv: ModelVersion) -> str:
+def inputs_digest(mv: ModelVersion, log=print) -> str:
     """A digest of everything that goes into the archive: same digest, same archive."""
     digest = hashlib.sha256(f"layout {LAYOUT}\n{mv.name} {mv.version}\n{model_config_text(mv)}".encode())
-    source = model_dir(mv)
+    source = model_dir(mv, log)
     for path in _model_files(source, mv):
         digest.update(f"model/{path.relative_to(source)} {file_sha256(path)}\n".encode())
     for path in _handler_files():
@@ -100,13 +100,13 @@ def inputs_digest(mv: ModelVersion) -> str:
     return digest.hexdigest()
 
 
-def stage(mv: ModelVersion, dest: Path) -> Path:
+def stage(mv: ModelVersion, dest: Path, log=print) -> Path:
     """Lay out the archive's contents in `dest`: what a worker's model directory will hold.
 
     Model files are linked, not copied; the archiver copies them into the archive.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    source = model_dir(mv)
+    source = model_dir(mv, log)
     for path in _model_files(source, mv):
         target = dest / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def build(
     """
     store.mkdir(parents=True, exist_ok=True)
     target = store / mv.archive_name
-    digest = inputs_digest(mv)
+    digest = inputs_digest(mv, log)
     known = read_index(store).get(mv.archive_name)
     actual = file_sha256(target) if target.exists() else None
     if known and actual and actual != known["sha256"] and refuse_tampered and not force:
@@ -162,7 +162,7 @@ def build(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="transerve-archive-") as tmp:
         tmp = Path(tmp)
-        staged = stage(mv, tmp / "stage")
+        staged = stage(mv, tmp / "stage", log)
         out = tmp / "out"
         out.mkdir()
         (tmp / "work").mkdir()

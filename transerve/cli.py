@@ -62,7 +62,9 @@ def cmd_archive(args) -> int:
     spec = find_spec(args.name, Path(args.models_dir))
     versions = spec.versions if args.version == "all" else [args.version or spec.default_version]
     for version in versions:
-        record = archive.build(spec.version(version), Path(args.model_store), force=args.force)
+        # With --json, stdout is one record a line: the build's progress goes to stderr.
+        log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+        record = archive.build(spec.version(version), Path(args.model_store), force=args.force, log=log)
         if args.json:
             print(json.dumps(asdict(record)))
         else:

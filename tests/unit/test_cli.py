@@ -12,15 +12,18 @@ def test_archive_prints_path_size_and_sha256_and_reuses(store, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(store / "minilm-embed-1.0.mar")) and "sha256 " in line and line.endswith("(reused)")
     assert main(["--model-store", str(store), "archive", "minilm-embed", "all", "--json"]) == 0
-    records = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
-    assert [(r["version"], r["reused"]) for r in records] == [("1.0", True), ("1.1", True)]
+    said = capsys.readouterr()
+    records = [json.loads(l) for l in said.out.splitlines()]  # stdout: records only; progress on stderr
+    assert [r["version"] for r in records] == ["1.0", "1.1", "1.2", "2.0"] and records[0]["reused"] and records[1]["reused"]
+    built = [r for r in records if not r["reused"]]  # those no other test built into this store first
+    assert all(f"building minilm-embed-{r['version']}.mar" in said.err for r in built)
 
 
 def test_unknown_model_or_version_exits_2_with_a_message(store, capsys):
     assert main(["--model-store", str(store), "archive", "no-such-model"]) == 2
     assert "known models: minilm-embed" in capsys.readouterr().err
     assert main(["--model-store", str(store), "archive", "minilm-embed", "7.0"]) == 2
-    assert "no version '7.0'; known: 1.0, 1.1" in capsys.readouterr().err
+    assert "no version '7.0'; known: 1.0, 1.1, 1.2, 2.0" in capsys.readouterr().err
 
 
 def test_status_without_a_server_in_this_run_dir_exits_1(tmp_path, capsys):
