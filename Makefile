@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools soak bench bench-generation bench-gateway bench-dtype deploy-manifests archive clean
+.PHONY: setup serve stop status test test-tools soak bench bench-engines bench-gpu bench-generation bench-gateway bench-dtype deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -26,10 +26,22 @@ test-tools:
 	bash scripts/test-tools.sh
 
 # The benchmark (bench/bench.py): raw vs padded baseline vs transerve, the sweep, generation;
-# results, table and plots in bench/results/. About 12 minutes on 2 cores.
+# results, table and plots in bench/results/. About 12 minutes on 2 cores. Then the engines
+# side by side (bench/engines.py, about 6 minutes more).
 bench: setup
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/bench.py
+	$(VENV)/bin/python bench/engines.py
+
+# minilm-embed on torch float32 (1.0), torch bfloat16 (1.2) and ONNX Runtime (2.0), raw and
+# served, with accuracy beside speed: bench/results/ENGINES.md. About 6 minutes.
+bench-engines: setup
+	$(VENV)/bin/python bench/engines.py
+
+# On a machine with an NVIDIA GPU: CUDA tests, then embeddings and generation on the GPU;
+# bench/results/gpu-*.json. Needs no setup (a GPU image's python3 will do).
+bench-gpu:
+	bash bench/gpu.sh
 
 # Generation under load (bench/continuous.py): smollm2-chat 1.0 (static batching) against 2.0
 # (continuous batching), closed and open loop, beside raw model.generate; bench/results/CONTINUOUS.md.
