@@ -173,7 +173,7 @@ def report(r: dict) -> str:
     bf64 = at("short", "transerve torch bfloat16", 64)
     bf_worst = min(v["min"] for path, a in r["accuracy"].items() if "bfloat16" in path for v in a.values())
     lines = [
-        "# Engines: torch and ONNX Runtime (minilm-embed 1.0 and 2.0)", "",
+        "# Engines: torch float32, torch bfloat16 and ONNX Runtime (minilm-embed 1.0, 1.2 and 2.0)", "",
         f"`bench/engines.py` on {meta['date']}: {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, "
         f"onnxruntime {meta['onnxruntime']}, {meta['seconds']:.0f} s in all. Every figure comes from this one run.", "",
         "## Targets", "",
