@@ -201,12 +201,13 @@ def test_a_request_that_ends_while_prefilled_leaves_no_trace(static, how):
 
 def test_a_deadline_ends_a_row_with_finish_reason_timeout(worker, static):
     driver = worker.continuous()
-    timed = driver.submit({**LONG, "parameters": {**LONG["parameters"], "timeout": 0.3}, "stream": True})
+    timed = driver.submit({**LONG, "parameters": {**LONG["parameters"], "timeout": 0.5}, "stream": True})
     other = driver.submit(SHORT)
     driver.run()
     lines = [json.loads(line) for line in timed.text.splitlines() if line]
     details = lines[-1]["details"]
-    assert details["finish_reason"] == "timeout" and 0 < details["generated_tokens"] < 40
+    # ended before its 40 tokens (how many came first depends on the machine's speed: none, when it is busy)
+    assert details["finish_reason"] == "timeout" and 0 <= details["generated_tokens"] < 40
     assert alone(static, LONG)["generated_text"].startswith("".join(line["text"] for line in lines))  # the text so far
     assert json.loads(other.text) == alone(static, SHORT)
     # static batching keeps the deadline too
