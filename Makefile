@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools soak bench bench-engines bench-gpu bench-generation bench-gateway bench-dtype deploy-manifests archive clean
+.PHONY: setup serve stop status test test-tools test-image soak bench bench-engines bench-gpu bench-generation bench-gateway bench-dtype deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,12 @@ status:
 
 test: setup test-tools
 	$(VENV)/bin/python -m pytest -q
+	bash scripts/test-image.sh
+
+# The Dockerfile built with podman and run hardened (scripts/test-image.sh, tests/container):
+# about 6 minutes cold, seconds after a code change.
+test-image: setup
+	bash scripts/test-image.sh
 
 test-tools:
 	bash scripts/test-tools.sh

@@ -1,6 +1,6 @@
 """The Dockerfile: lint-clean under hadolint, and built by the same script CI runs.
 
-No Docker engine runs here: `docker build` itself is not tried (README, Deploy)."""
+The image itself is built and run by scripts/test-image.sh with podman (tests/container)."""
 
 from __future__ import annotations
 
