@@ -65,26 +65,34 @@ def _fingerprint(path: Path) -> dict:
 def prepare_gguf(gguf: Path, cache: Path = PREPARED, log=print) -> Path:
     """Convert `gguf` to a safetensors model directory under `cache`, or reuse the last one."""
     out = cache / gguf.stem
-    stamp = out / STAMP
-    if stamp.exists():
-        recorded = json.loads(stamp.read_text())
-        if recorded.get("source") == _fingerprint(gguf):
-            return out
-    log(f"prepare: converting {gguf.name} to safetensors (once; cached in {out})")
     started = time.perf_counter()
-    work = cache / f".{gguf.stem}.{os.getpid()}.tmp"
+    proof = _cached(out, _fingerprint(gguf), lambda work: _convert(gguf, work, log), cache,
+                    lambda: log(f"prepare: converting {gguf.name} to safetensors (once; cached in {out})"))
+    if proof is not None:
+        log(f"prepare: {out} ready in {time.perf_counter() - started:.1f}s "
+            f"(greedy tokens identical to the GGUF model: {proof['tokens']} tokens compared)")
+    return out
+
+
+def _cached(out: Path, fingerprint: dict, make, cache: Path, starting) -> dict | None:
+    """`out` as it is when its stamp records `fingerprint` (None); else made anew: make(work)
+    fills a temporary folder and returns its proof, raising when the result is not to be kept,
+    and the folder with its stamp replaces `out` in one rename (the proof is returned)."""
+    stamp = out / STAMP
+    if stamp.exists() and json.loads(stamp.read_text()).get("source") == fingerprint:
+        return None
+    starting()
+    work = cache / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        proof = _convert(gguf, work, log)
-        (work / STAMP).write_text(json.dumps({"source": _fingerprint(gguf), "proof": proof}, indent=2) + "\n")
+        proof = make(work)
+        (work / STAMP).write_text(json.dumps({"source": fingerprint, "proof": proof}, indent=2) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log(f"prepare: {out} ready in {time.perf_counter() - started:.1f}s "
-        f"(greedy tokens identical to the GGUF model: {proof['tokens']} tokens compared)")
-    return out
+    return proof
 
 
 def _convert(gguf: Path, work: Path, log) -> dict:
@@ -177,28 +185,23 @@ def prepare_onnx(source: Path, mv: ModelVersion, cache: Path = PREPARED, log=pri
     fingerprint = _source_fingerprint(source, mv)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     out = cache / f"onnx-{mv.handler.task}-{source.name}-{key}"
-    stamp = out / STAMP
-    if stamp.exists() and json.loads(stamp.read_text()).get("source") == fingerprint:
-        return out
-    _forget_orphans(cache)
-    log(f"prepare: exporting {source} to ONNX for {mv.handler.task} (once; cached in {out})")
-    started = time.perf_counter()
-    work = cache / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+
+    def export(work: Path) -> dict:
         for path in sorted(source.rglob("*")):  # config, tokenizer, sentence-transformers files: not the weights
             if path.is_file() and path.suffix not in (".safetensors", ".gguf", *PICKLED) and STAMP not in path.name:
                 target = work / path.relative_to(source)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
-        proof = _export_onnx(source, work, mv, log)
-        (work / STAMP).write_text(json.dumps({"source": fingerprint, "proof": proof}, indent=2) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(work, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    log(f"prepare: {out} ready in {time.perf_counter() - started:.1f}s ({proof['summary']})")
+        return _export_onnx(source, work, mv, log)
+
+    def starting() -> None:
+        _forget_orphans(cache)
+        log(f"prepare: exporting {source} to ONNX for {mv.handler.task} (once; cached in {out})")
+
+    started = time.perf_counter()
+    proof = _cached(out, fingerprint, export, cache, starting)
+    if proof is not None:
+        log(f"prepare: {out} ready in {time.perf_counter() - started:.1f}s ({proof['summary']})")
     return out
 
 
