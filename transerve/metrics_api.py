@@ -6,14 +6,11 @@ workers and hosts, per model version. Counters are totals since TorchServe start
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 
 import requests
-
-SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+from prometheus_client.parser import text_string_to_metric_families
 
 
 @dataclass(frozen=True)
@@ -24,17 +21,10 @@ class Sample:
 
 
 def parse(text: str) -> list[Sample]:
-    samples = []
-    for line in text.splitlines():
-        match = SAMPLE.match(line)
-        if not match or line.startswith("#"):
-            continue
-        try:
-            value = float(match["value"])
-        except ValueError:
-            continue
-        samples.append(Sample(match["name"], dict(LABEL.findall(match["labels"] or "")), value))
-    return samples
+    """Every sample of a Prometheus text exposition, by prometheus_client's own parser (escaped
+    label values, NaN and TorchServe's trailing commas included); ValueError if it is not one."""
+    return [Sample(sample.name, dict(sample.labels), sample.value)
+            for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 def scrape(metrics_url: str, timeout: float = 10) -> list[Sample]:

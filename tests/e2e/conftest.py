@@ -12,6 +12,7 @@ import requests
 import yaml
 
 from transerve.management import InferenceClient, ManagementClient, key_reader
+from transerve.metrics_api import parse
 from transerve.server import Server, free_ports, running_pid
 
 
@@ -194,3 +195,16 @@ def grpc_register(address: str, url: str, key: str | None, name: str = "trap"):
 @pytest.fixture(scope="session")
 def register_over_grpc():
     return grpc_register
+
+
+
+@pytest.fixture(scope="session")
+def metric(torchserve):
+    """metric(name, **labels): the sum of a metric's samples on TorchServe's /metrics whose
+    labels include `labels`, read with Prometheus's own parser (transerve.metrics_api.parse)."""
+
+    def read(name: str, **labels: str) -> float:
+        text = requests.get(f"{torchserve.url('metrics')}/metrics", timeout=10).text
+        return sum(s.value for s in parse(text) if s.name == name and labels.items() <= s.labels.items())
+
+    return read

@@ -88,14 +88,12 @@ def test_a_late_short_request_finishes_while_long_streams_run(torchserve, served
     assert len(finished) == 2 and answered < min(finished.values())
 
 
-def evicted(torchserve) -> float:
-    text = requests.get(f"{torchserve.url('metrics')}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("transerve_generation_rows_evicted_total{") and f'model_version="{VERSION}"' in line)
+def evicted(metric) -> float:
+    return metric("transerve_generation_rows_evicted_total", model_version=VERSION)
 
 
-def test_closed_streams_stop_costing_compute(torchserve, served, management):
-    pid, before_evicted = worker_pid(management), evicted(torchserve)
+def test_closed_streams_stop_costing_compute(torchserve, served, management, metric):
+    pid, before_evicted = worker_pid(management), evicted(metric)
     for _ in range(2):  # two clients read their first chunk and hang up
         with requests.post(url(torchserve), json={**LONG, "parameters": {**LONG["parameters"], "max_new_tokens": 400},
                                                    "stream": True}, headers=key(torchserve), timeout=120, stream=True) as r:
@@ -109,13 +107,13 @@ def test_closed_streams_stop_costing_compute(torchserve, served, management):
     # Their rows left the decoder, not just the frontend. The last one leaves at the next call
     # (with no request running, TorchServe does not call the handler, and nothing is computed).
     assert requests.post(url(torchserve), json=SHORT, headers=key(torchserve), timeout=120).status_code == 200
-    assert evicted(torchserve) == before_evicted + 2
+    assert evicted(metric) == before_evicted + 2
     assert worker_pid(management) == pid
 
 
-def test_a_closed_stream_leaves_while_another_decodes(torchserve, served, management):
+def test_a_closed_stream_leaves_while_another_decodes(torchserve, served, management, metric):
     """The rows of a client that hangs up leave the running batch; the stream still read goes on."""
-    before_evicted = evicted(torchserve)
+    before_evicted = evicted(metric)
     with requests.post(url(torchserve), json={**LONG, "stream": True}, headers=key(torchserve), timeout=300,
                        stream=True) as kept:
         lines = kept.iter_lines()
@@ -125,7 +123,7 @@ def test_a_closed_stream_leaves_while_another_decodes(torchserve, served, manage
             next(dropped.iter_lines())
         chunks = [json.loads(line) for line in lines if line]
     assert chunks[-1]["details"]["generated_tokens"] == 200
-    assert evicted(torchserve) == before_evicted + 1
+    assert evicted(metric) == before_evicted + 1
 
 
 def test_three_times_the_room_gets_200_or_429_and_nothing_hangs(torchserve, served, management):

@@ -173,15 +173,13 @@ def test_twelve_concurrent_streamed_chats_all_complete(client, chat_model):
     assert all(text and finish in ("stop", "length") for text, finish in answers), answers
 
 
-def test_an_abandoned_stream_is_dropped_upstream(torchserve, client, chat_model):
+def test_an_abandoned_stream_is_dropped_upstream(torchserve, client, chat_model, metric):
     """Closing a stream at the gateway frees its rows in TorchServe: continuous batching's
     evicted{reason="disconnected"} counter goes up by one."""
 
     def evicted() -> float:
-        text = requests.get(f"{torchserve.url('metrics')}/metrics", timeout=10).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("transerve_generation_rows_evicted_total{") and 'model_version="2.0"' in line
-                   and 'model_name="smollm2-chat"' in line and 'reason="disconnected"' in line)
+        return metric("transerve_generation_rows_evicted_total", model_name="smollm2-chat", model_version="2.0",
+                      reason="disconnected")
 
     before = evicted()
     body = {"model": chat_model, "messages": MESSAGES, "max_tokens": 400, "ignore_eos": True, "stream": True}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from transerve.metrics_api import parse, per_version
 
 TEXT = """\
@@ -32,3 +36,13 @@ def test_figures_sum_over_hosts_per_version():
     assert (g.model, g.version, g.task, g.generated_tokens, g.mean_batch) == ("g", "2", "generation", 64.0, None)
     assert (m.model, m.version, m.ok, m.refused, m.inputs) == ("m", "1.0", 10.0, 2.0, 25.0)
     assert m.mean_batch == 25 / 4 and abs(m.mean_inference_ms - 50.0) < 1e-9
+
+
+def test_escaped_label_values_and_nan_read_as_prometheus_reads_them():
+    [sample] = parse('x_total{path="a\\"b\\\\c",model_name="m",} NaN\n')
+    assert sample.labels == {"path": 'a"b\\c', "model_name": "m"} and math.isnan(sample.value)
+
+
+def test_text_that_is_not_an_exposition_is_refused():
+    with pytest.raises(ValueError):
+        parse('transerve_requests_total{model_name="m" 7\n')
