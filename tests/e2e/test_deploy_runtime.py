@@ -24,7 +24,6 @@ import psutil
 import pytest
 import requests
 
-from transerve.health import check as health_check
 from transerve.server import free_ports
 from transerve.spec import REPO, find_spec
 
