@@ -30,6 +30,7 @@ from pathlib import Path
 from transerve import archive, smoke
 from transerve.management import ApiError, InferenceClient, ManagementClient, ModelVersionStatus
 from transerve.spec import ModelSpec, ModelVersion
+from transerve.waiting import wait_until
 
 HISTORY = "rollouts.json"
 
@@ -188,16 +189,14 @@ class Rollouts:
             self._smoke(mv)
 
     def _wait_ready(self, name: str, version: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready():
             [status] = self.management.describe(name, version)
-            if status.ready_workers >= 1:
-                self.log(f"    {status.ready_workers}/{len(status.workers)} workers READY")
-                return
-            if time.monotonic() > deadline:
-                raise RolloutError("ready", f"no worker of {name} {version} became READY within {timeout:.0f}s; "
-                                   f"see {self.run_dir / 'logs' / 'model_log.log'}")
-            time.sleep(0.5)
+            return status if status.ready_workers >= 1 else None
+
+        status = wait_until(ready, timeout, lambda: RolloutError(
+            "ready", f"no worker of {name} {version} became READY within {timeout:.0f}s; "
+                     f"see {self.run_dir / 'logs' / 'model_log.log'}"))
+        self.log(f"    {status.ready_workers}/{len(status.workers)} workers READY")
 
     def _smoke(self, mv: ModelVersion) -> None:
         if not mv.samples:
@@ -214,15 +213,16 @@ class Rollouts:
             self.log(f"    sample {i} ok")
 
     def _drain(self, name: str, version: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        queued = [0]
+
+        def empty() -> bool:
             [status] = self.management.describe(name, version)
-            if status.pending_requests == 0:
-                break
-            if time.monotonic() > deadline:
-                raise RolloutError("drain", f"{name} {version} still has {status.pending_requests} queued requests "
-                                   f"after {timeout:.0f}s; it keeps its workers")
-            time.sleep(0.1)
+            queued[0] = status.pending_requests
+            return status.pending_requests == 0
+
+        wait_until(empty, timeout, lambda: RolloutError(
+            "drain", f"{name} {version} still has {queued[0]} queued requests after {timeout:.0f}s; it keeps its workers"),
+            interval=0.1)
         time.sleep(self.drain_seconds)  # the batch its workers were running when the queue emptied
         [status] = self.management.describe(name, version)
         if status.pending_requests:

@@ -25,6 +25,7 @@ import requests
 
 from transerve.management import read_keys
 from transerve.spec import REPO
+from transerve.waiting import wait_until
 
 METRICS_CONFIG = REPO / "metrics.yaml"
 CONFIG_TEMPLATE = REPO / "config.properties"
@@ -199,21 +200,25 @@ class Server:
         with open(self.log_dir / f"{name}.log", "ab") as out:
             process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         (self.run_dir / f"{name}.json").write_text(json.dumps({"pid": process.pid, **record}))
+        def not_started() -> ServerError:
+            return ServerError(f"transerve.{name} did not start; see {self.log_dir}/{name}.log")
+
+        def listening(address: str) -> bool:
+            host, port = address.rsplit(":", 1)
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return True
+            except OSError:
+                if process.poll() is not None:
+                    raise not_started() from None
+                return False
+
         deadline = time.monotonic() + timeout
         for address in addresses:
-            host, port = address.rsplit(":", 1)
-            while True:
-                try:
-                    socket.create_connection((host, int(port)), timeout=1).close()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise ServerError(f"transerve.{name} did not start; see {self.log_dir}/{name}.log") from None
-                    time.sleep(0.1)
+            wait_until(lambda: listening(address), max(deadline - time.monotonic(), 0), not_started, interval=0.1)
 
     def wait_healthy(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             if running_pid() is None:
                 raise ServerError(f"TorchServe exited while starting; see {self.log_dir}/ts_log.log")
             key = self.keys().get("inference")
@@ -221,12 +226,12 @@ class Server:
             auth_off = self.properties.get("disable_token_authorization") == "true"
             try:
                 answer = requests.get(f"{self.url('inference')}/ping", headers=headers, timeout=2)
-                if answer.status_code == 200 and (key or auth_off):
-                    return
             except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise ServerError(f"TorchServe did not answer /ping within {timeout:.0f}s; see {self.log_dir}/ts_log.log")
+                return False
+            return answer.status_code == 200 and bool(key or auth_off)
+
+        wait_until(healthy, timeout, lambda: ServerError(
+            f"TorchServe did not answer /ping within {timeout:.0f}s; see {self.log_dir}/ts_log.log"))
 
     def run(self, archives: dict[str, str], timeout: float = 300, log=print) -> int:
         """TorchServe in the foreground serving `archives` ({name: file in the model store})

@@ -16,6 +16,8 @@ import time
 import pytest
 import requests
 
+from transerve import waiting
+
 IMAGE = os.environ.get("TRANSERVE_IMAGE")
 pytestmark = pytest.mark.skipif(not IMAGE, reason="no image under test: `make test-image` builds the Dockerfile and runs these")
 PODMAN = os.environ.get("PODMAN", "podman").split()  # "sudo podman" when not root
@@ -34,16 +36,14 @@ def free_port() -> int:
 
 
 def wait_until(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def check():
         try:
-            result = condition()
+            return condition()
         except (requests.RequestException, subprocess.SubprocessError):
-            result = None
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"not within {seconds:.0f}s: {what}\n{podman('logs', '--tail', '40', NAME, check=False).stdout[-4000:]}")
+            return None
+
+    return waiting.wait_until(check, seconds, lambda: AssertionError(
+        f"not within {seconds:.0f}s: {what}\n{podman('logs', '--tail', '40', NAME, check=False).stdout[-4000:]}"), interval=1)
 
 
 @pytest.fixture(scope="module")

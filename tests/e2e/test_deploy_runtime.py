@@ -24,6 +24,7 @@ import psutil
 import pytest
 import requests
 
+from transerve import waiting
 from transerve.server import free_ports
 from transerve.spec import REPO, find_spec
 
@@ -59,13 +60,17 @@ def loopback_config(source: Path, dest: Path) -> dict[str, int]:
 
 
 def wait_until(predicate, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while not predicate():
+    def tail() -> str:
+        return log.read_text()[-3000:] if log else ""
+
+    def check() -> bool:
+        if predicate():
+            return True
         if process is not None and process.poll() is not None:
-            pytest.fail(f"{what}: the process exited with {process.returncode}:\n{log.read_text()[-3000:] if log else ''}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f}s\n{log.read_text()[-3000:] if log else ''}")
-        time.sleep(0.5)
+            pytest.fail(f"{what}: the process exited with {process.returncode}:\n{tail()}")
+        return False
+
+    waiting.wait_until(check, timeout, lambda: AssertionError(f"{what}: not within {timeout:.0f}s\n{tail()}"))
 
 
 @pytest.fixture
