@@ -219,7 +219,7 @@ def _forget_orphans(cache: Path) -> None:
 def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
     try:
         import onnx_ir
-        import onnxruntime
+        import onnxruntime  # noqa: F401  (OrtEngine runs the proof with it)
         import torch
         from onnxscript.rewriter.ort_fusions import optimize_for_ort
     except ImportError as e:
@@ -227,7 +227,7 @@ def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
     import logging
     import warnings
 
-    from handlers.engines.ort import GRAPH, INPUTS
+    from handlers.engines.ort import GRAPH, INPUTS, OrtEngine
     from handlers.tasks import task_class
     from handlers.tasks.base import load_tokenizer, model_max_length
 
@@ -275,9 +275,8 @@ def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
     enc = tokenizer(PROBE, padding=True, truncation=True, max_length=limit, return_tensors="pt")
     with torch.inference_mode():
         expected = Output()(enc["input_ids"], enc["attention_mask"]).float()
-    session = onnxruntime.InferenceSession(str(work / GRAPH), providers=["CPUExecutionProvider"])
-    [got] = session.run(None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
-    proof = compare(mv.handler.task, expected, torch.from_numpy(got).float(), enc["attention_mask"])
+    got = OrtEngine(str(work), mv.handler, torch.device("cpu"))(enc["input_ids"], enc["attention_mask"])  # as a worker runs it
+    proof = compare(mv.handler.task, expected, got.float(), enc["attention_mask"])
     proof["fused"] = {k: v for k, v in fused.items() if v}
     proof["probe_shape"] = list(enc["input_ids"].shape)
     if not proof["kept"]:

@@ -200,6 +200,7 @@ class Server:
         with open(self.log_dir / f"{name}.log", "ab") as out:
             process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         (self.run_dir / f"{name}.json").write_text(json.dumps({"pid": process.pid, **record}))
+
         def not_started() -> ServerError:
             return ServerError(f"transerve.{name} did not start; see {self.log_dir}/{name}.log")
 

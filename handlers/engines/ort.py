@@ -47,6 +47,6 @@ class OrtEngine:
         self.device = device
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
+        feeds = dict(zip(INPUTS, (input_ids.cpu().numpy(), attention_mask.cpu().numpy())))
         [output] = self.session.run(None, feeds)
         return torch.from_numpy(output).to(self.device)

@@ -14,8 +14,9 @@ an OpenAI stream's id and whether its first chunk went out.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Sequence
+
+import orjson
 
 from handlers.config import short
 from handlers.payload import InputError, Payload
@@ -25,23 +26,11 @@ if TYPE_CHECKING:
     from handlers.tasks.base import Item, Task
 
 
-try:  # orjson writes a batch of 32 embeddings in 0.4 ms where json.dumps takes 10 ms
-    import orjson
-
-    def dumps(body: Any) -> str:
-        """A body as compact JSON text; numpy arrays (embeddings) as lists of their float32 values,
-        each written as the shortest text that reads back as the same float32."""
-        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-except ImportError:  # the same text, slower
-    def dumps(body: Any) -> str:
-        return json.dumps(body, separators=(",", ":"), default=_plain)
-
-    def _plain(value: Any) -> Any:
-        if hasattr(value, "dtype") and value.dtype.kind == "f":  # float32's shortest text, as orjson writes it
-            return [float(text) for text in value.astype("float32").astype(str)]
-        if hasattr(value, "tolist"):
-            return value.tolist()
-        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+def dumps(body: Any) -> str:
+    """A body as compact JSON text, by orjson (32 embeddings in 0.4 ms where json.dumps takes
+    10 ms); numpy arrays (embeddings) as lists of their float32 values, each written as the
+    shortest text that reads back as the same float32."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 class Protocol:
