@@ -39,7 +39,6 @@ import torch.nn.functional as F  # noqa: E402
 
 import loadgen  # noqa: E402
 from transerve import archive  # noqa: E402
-from transerve.management import ManagementClient, key_reader  # noqa: E402
 from transerve.prepare import model_dir  # noqa: E402
 from transerve.server import Server, free_ports, running_pid  # noqa: E402
 from transerve.spec import find_spec  # noqa: E402
@@ -214,7 +213,7 @@ class Bench:
         if running_pid() is not None:
             sys.exit(f"a TorchServe is already running (pid {running_pid()}): `make stop` first")
         self.server.start()
-        self.management = ManagementClient(self.server.url("management"), key_reader(self.server.key_file, "management"))
+        self.management, _ = self.server.clients()
         return self
 
     def __exit__(self, *exc):

@@ -27,8 +27,8 @@ import psutil
 import requests
 
 from transerve import archive
-from transerve.management import InferenceClient, ManagementClient, key_reader
-from transerve.server import CONFIG_TEMPLATE, Server, free_ports, read_properties, running_pid
+from transerve.rundir import read_properties
+from transerve.server import CONFIG_TEMPLATE, Server, free_ports, running_pid
 from transerve.spec import find_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,8 +93,7 @@ def main() -> None:
     })
     server.start()
     try:
-        management = ManagementClient(server.url("management"), key_reader(server.key_file, "management"))
-        inference = InferenceClient(server.url("inference"), key_reader(server.key_file, "inference"))
+        management, inference = server.clients()
         for mv in versions:
             management.register(mv.archive_name, initial_workers=1)
         for _, model, body, _ in MIX:  # every shape once, before the first memory reading

@@ -17,12 +17,10 @@ import requests
 
 from handlers.config import ConfigError
 from transerve import archive, deploy, metrics_api
-from transerve.management import ApiError, InferenceClient, ManagementClient, key_reader
+from transerve.management import ApiError, InferenceClient, ManagementClient
 from transerve.rollout import History, RolloutError, Rollouts
-from transerve.server import (
-    CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, guard_address, openai_base_url, read_properties, running_pid, stop_helpers,
-    stop_running,
-)
+from transerve.rundir import RunDir
+from transerve.server import CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, clients, running_pid, stop_helpers, stop_running
 from transerve.spec import MODELS_DIR, all_specs, find_spec
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
@@ -35,16 +33,7 @@ def _server(args) -> Server:
 
 def _clients(args) -> tuple[ManagementClient, InferenceClient]:
     """Clients for the server started from args.run_dir (its effective config and keys)."""
-    config = Path(args.run_dir) / "config.properties"
-    if not config.exists():
-        raise ServerError(f"no TorchServe was started from {args.run_dir}; run `transerve serve` first")
-    props = read_properties(config)
-    keys = Path(args.run_dir) / "key_file.json"
-    management_address = guard_address(Path(args.run_dir)) or props["management_address"]
-    return (
-        ManagementClient(management_address, args.management_key or key_reader(keys, "management")),
-        InferenceClient(props["inference_address"], args.inference_key or key_reader(keys, "inference")),
-    )
+    return clients(RunDir(args.run_dir), args.management_key, args.inference_key)
 
 
 def _short(value, width: int = 4):
@@ -215,12 +204,12 @@ def cmd_status(args) -> int:
     names = [args.name] if getattr(args, "name", None) else management.list_models()
     rows = [v for name in names for v in management.describe(name)]
     if args.json:
-        props = read_properties(Path(args.run_dir) / "config.properties")
+        run = RunDir(args.run_dir)
         print(json.dumps({
-            "inference_url": props["inference_address"],
-            "management_url": guard_address(Path(args.run_dir)) or props["management_address"],
-            "metrics_url": props["metrics_address"],
-            "openai_base_url": openai_base_url(Path(args.run_dir)),
+            "inference_url": run.address("inference"),
+            "management_url": run.address("management"),
+            "metrics_url": run.address("metrics"),
+            "openai_base_url": run.address("openai"),
             "models": [asdict(r) for r in rows],
         }, indent=2))
         return 0
@@ -235,11 +224,11 @@ def cmd_status(args) -> int:
 
 def _status_metrics(args) -> int:
     """Live figures per model version, from TorchServe's metrics API (what Prometheus scrapes)."""
-    props = read_properties(Path(args.run_dir) / "config.properties")
+    address = RunDir(args.run_dir).address("metrics")
     try:
-        figures = metrics_api.per_version(metrics_api.scrape(props["metrics_address"]))
+        figures = metrics_api.per_version(metrics_api.scrape(address))
     except requests.RequestException as e:
-        raise ServerError(f"cannot read TorchServe's metrics API at {props['metrics_address']}: {e}") from None
+        raise ServerError(f"cannot read TorchServe's metrics API at {address}: {e}") from None
     figures = [f for f in figures if not getattr(args, "name", None) or f.model == args.name]
     if args.json:
         print(json.dumps([asdict(f) for f in figures], indent=2))

@@ -25,7 +25,8 @@ import yaml
 
 from transerve import archive
 from transerve.metrics_config import render as render_metrics_config
-from transerve.server import CONFIG_TEMPLATE, read_properties
+from transerve.rundir import read_properties
+from transerve.server import CONFIG_TEMPLATE
 from transerve.spec import ModelVersion
 
 KSERVE_ROOT = "/mnt/models"  # where KServe's storage initializer puts storageUri

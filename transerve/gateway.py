@@ -36,7 +36,7 @@ from pathlib import Path
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
 
 from handlers.protocols.openai import ROUTES, error_body, model_card
-from transerve.management import read_keys
+from transerve.rundir import read_keys
 
 logger = logging.getLogger("transerve.gateway")
 

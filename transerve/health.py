@@ -20,15 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-def _properties(path: Path) -> dict[str, str]:
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
+from transerve.rundir import RunDir
 
 
 def _local(address: str) -> str:
@@ -47,17 +39,15 @@ def _get(url: str, key: str | None, timeout: float) -> tuple[int, bytes]:
 
 def check(run_dir: Path, model: str | None = None, timeout: float = 5) -> tuple[bool, str]:
     """(healthy, what was seen) for the TorchServe started from run_dir."""
+    run = RunDir(run_dir)
     try:
-        props = _properties(run_dir / "config.properties")
+        props = run.properties()
     except OSError:
         return False, f"no TorchServe config in {run_dir}: was it started from there?"
-    try:
-        keys = json.loads((run_dir / "key_file.json").read_text())
-    except (OSError, ValueError):
-        keys = {}
+    keys = run.keys()
     if props.get("disable_token_authorization") != "true" and not keys:
-        return False, f"no keys in {run_dir}/key_file.json yet: TorchServe is still starting"
-    key = lambda kind: keys.get(kind, {}).get("key")  # noqa: E731
+        return False, f"no keys in {run.key_file} yet: TorchServe is still starting"
+    key = keys.get
     try:
         if model is None:
             status, body = _get(f"{_local(props['inference_address'])}/ping", key("inference"), timeout)

@@ -6,10 +6,8 @@ server's own message, so a user sees "Model not found: x", not a traceback.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import requests
@@ -21,22 +19,6 @@ class ApiError(RuntimeError):
     def __init__(self, status: int, message: str, kind: str = ""):
         super().__init__(f"{status} {kind + ': ' if kind else ''}{message}")
         self.status, self.message, self.kind = status, message, kind
-
-
-def read_keys(key_file: Path) -> dict[str, str]:
-    """TorchServe's keys, {"management": …, "inference": …, "API": …}; {} while there are none.
-
-    {} also while the file is half written: TorchServe creates it before filling it.
-    """
-    try:
-        return {kind: entry["key"] for kind, entry in json.loads(Path(key_file).read_text()).items()}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
-def key_reader(key_file: Path, kind: str) -> Callable[[], str | None]:
-    """Read `kind`'s key at each call (keys can be renewed)."""
-    return lambda: read_keys(key_file).get(kind)
 
 
 class _Api:

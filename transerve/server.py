@@ -23,7 +23,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from transerve.management import read_keys
+from transerve.management import InferenceClient, ManagementClient
+from transerve.rundir import RunDir, read_properties
 from transerve.spec import REPO
 from transerve.waiting import wait_until
 
@@ -49,16 +50,6 @@ def java_version() -> int | None:
         return None
     major = int(found.group(1))
     return int(found.group(2)) if major == 1 else major
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
 
 
 def _port(address: str) -> int:
@@ -101,16 +92,20 @@ class Server:
             self.properties["grpc_management_port"] = str(grpc)
 
     @property
+    def rundir(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
     def config_file(self) -> Path:
-        return self.run_dir / "config.properties"
+        return self.rundir.config_file
 
     @property
     def key_file(self) -> Path:
-        return self.run_dir / "key_file.json"
+        return self.rundir.key_file
 
     @property
     def log_dir(self) -> Path:
-        return self.run_dir / "logs"
+        return self.rundir.log_dir
 
     def url(self, api: str) -> str:
         """Base URL of the `inference`, `management` (the guard's, when on), `metrics` or
@@ -121,7 +116,10 @@ class Server:
 
     def keys(self) -> dict[str, str]:
         """The current keys, {"management": …, "inference": …, "API": …}; {} with auth off."""
-        return read_keys(self.key_file)
+        return self.rundir.keys()
+
+    def clients(self) -> tuple[ManagementClient, InferenceClient]:
+        return clients(self.rundir)
 
     def write_config(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -302,35 +300,29 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _record(run_dir: Path, name: str, key: str) -> str | None:
-    try:
-        return json.loads((Path(run_dir) / f"{name}.json").read_text())[key]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def guard_address(run_dir: Path) -> str | None:
-    """The management address clients should call: the guard's, when one was started from run_dir."""
-    return _record(run_dir, "guard", "listen")
-
-
-def openai_base_url(run_dir: Path) -> str | None:
-    """The OpenAI gateway's base URL (http://HOST:PORT/v1), when one was started from run_dir."""
-    return _record(run_dir, "gateway", "base_url")
+def clients(run: RunDir, management_key: str | None = None, inference_key: str | None = None,
+            ) -> tuple[ManagementClient, InferenceClient]:
+    """Clients of the TorchServe started from `run`, with its keys (read at each call) unless given."""
+    if not run.started():
+        raise ServerError(f"no TorchServe was started from {run.path}; run `transerve serve` first")
+    return (
+        ManagementClient(run.address("management"), management_key or (lambda: run.key("management"))),
+        InferenceClient(run.address("inference"), inference_key or (lambda: run.key("inference"))),
+    )
 
 
 def stop_helpers(run_dir: Path) -> None:
     """Stop the management guard and the OpenAI gateway started from run_dir, if any."""
+    run = RunDir(run_dir)
     for name in ("guard", "gateway"):
-        path = Path(run_dir) / f"{name}.json"
         try:
-            process = psutil.Process(json.loads(path.read_text())["pid"])
+            process = psutil.Process((run.helper(name) or {})["pid"])
             if f"transerve.{name}" in " ".join(process.cmdline()):
                 process.terminate()
                 process.wait(timeout=10)
-        except (OSError, ValueError, KeyError, psutil.Error):
+        except (KeyError, TypeError, psutil.Error):
             pass
-        path.unlink(missing_ok=True)
+        (run.path / f"{name}.json").unlink(missing_ok=True)
 
 
 def running_pid() -> int | None:

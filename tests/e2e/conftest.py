@@ -11,7 +11,7 @@ import pytest
 import requests
 import yaml
 
-from transerve.management import InferenceClient, ManagementClient, key_reader
+from transerve.management import InferenceClient, ManagementClient
 from transerve.metrics_api import parse
 from transerve.server import Server, free_ports, running_pid
 
@@ -43,7 +43,7 @@ def torchserve(store, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def management(torchserve) -> ManagementClient:
-    return ManagementClient(torchserve.url("management"), key_reader(torchserve.key_file, "management"))
+    return torchserve.clients()[0]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def minilm_registered(management):
 
 @pytest.fixture(scope="session")
 def inference(torchserve) -> InferenceClient:
-    return InferenceClient(torchserve.url("inference"), key_reader(torchserve.key_file, "inference"))
+    return torchserve.clients()[1]
 
 
 class Prometheus:

@@ -167,7 +167,7 @@ def test_a_call_without_the_key_surfaces_torchserves_refusal(torchserve):
 def test_cli_key_option_is_used_and_a_wrong_key_is_reported(capsys, operate, torchserve):
     code, _, err = operate(capsys, "--management-key", "not-the-key", "status", NAME)
     assert code == cli.FAILED and "InvalidKeyException" in err and "Token Authorization failed" in err
-    code, out, _ = operate(capsys, "--management-key", torchserve.keys()["management"], "status", NAME)
+    code, out, _ = operate(capsys, f"--management-key={torchserve.keys()['management']}", "status", NAME)
     assert code == 0 and NAME in out
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from transerve import deploy
-from transerve.server import read_properties
+from transerve.rundir import read_properties
 from transerve.spec import REPO, find_spec
 
 # KServe's own CRD schema, from shared/ (its README names the source commit).

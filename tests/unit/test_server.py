@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from transerve.server import Server, read_properties
+from transerve.rundir import read_properties
+from transerve.server import Server
 
 
 def test_effective_config_keeps_template_and_narrows_allowed_urls(tmp_path):
