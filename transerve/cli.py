@@ -22,6 +22,7 @@ from transerve.rollout import History, RolloutError, Rollouts
 from transerve.rundir import RunDir
 from transerve.server import CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, clients, running_pid, stop_helpers, stop_running
 from transerve.spec import MODELS_DIR, all_specs, find_spec
+from transerve.validate import validate
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
 FAILED, BAD_INPUT = 1, 2
@@ -301,59 +302,10 @@ def cmd_unregister(args) -> int:
     return _done(args, {"model": args.name, "version": args.version, "message": message})
 
 
-HINTS = (
-    ("SafetensorError", "the weights file is damaged or not safetensors; rebuild the archive from good weights"),
-    ("ModuleNotFoundError", "the worker's Python lacks a package the model needs; install it where TorchServe runs"),
-    ("ConfigError", "the handler settings in the spec are wrong; the message names the key"),
-    ("OutOfMemoryError", "the model does not fit; use a smaller dtype, fewer workers or a bigger device"),
-    ("OSError", "a file the model needs is missing from the archive (tokenizer.json? config.json?)"),
-)
-
-
 def cmd_validate(args) -> int:
     """Load the archive's handler in-process as a worker would, and run the spec's samples through it."""
-    import tempfile
-    import traceback
-    import zipfile
-
-    from transerve import smoke
-    from transerve.inprocess import LocalWorker
-
     mv = find_spec(args.name, Path(args.models_dir)).version(args.version)
-    record = archive.build(mv, Path(args.model_store), refuse_tampered=True)
-    print(f"archive   {record.path} ({record.size / 1e6:.1f} MB, sha256 {record.sha256[:16]}…, "
-          f"{'reused' if record.reused else 'built'})")
-    with tempfile.TemporaryDirectory(prefix="transerve-validate-") as tmp:
-        model_dir = Path(tmp) / "model"
-        with zipfile.ZipFile(record.path) as z:
-            z.extractall(model_dir)
-        started = time.perf_counter()
-        try:
-            worker = LocalWorker(mv, gpu_id=args.gpu, model_dir=model_dir)
-        except Exception as e:  # noqa: BLE001 - whatever kills a worker at load is what we are here to show
-            print(f"load      FAILED after {time.perf_counter() - started:.1f}s: {type(e).__name__}: {e}")
-            print("".join(traceback.format_exception(e)[-6:]).rstrip())
-            hint = next((h for name, h in HINTS if name in f"{type(e).__name__} {e}"), "the traceback above says where")
-            print(f"hint      {hint}")
-            return FAILED
-        handler = worker.handler
-        print(f"load      ok in {time.perf_counter() - started:.1f}s: task {mv.task} on {handler.device}")
-        failed = 0
-        try:
-            for i, sample in enumerate(mv.samples):
-                started = time.perf_counter()
-                [answer] = worker.predict([sample.request])
-                ms = (time.perf_counter() - started) * 1000
-                wrong = ([f"status {answer.status}: {answer.body}"] if answer.status != 200 else
-                         smoke.check(mv.task, sample, answer.body))
-                failed += bool(wrong)
-                print(f"sample {i}  {'FAILED' if wrong else 'ok'} in {ms:.0f} ms: {json.dumps(sample.request)[:100]}")
-                print(f"          {'; '.join(wrong) if wrong else json.dumps(_short(answer.body))[:300]}")
-        finally:
-            worker.close()
-    if not mv.samples:
-        print("samples   none in the spec; add some to test the handle path")
-    return FAILED if failed else 0
+    return 0 if validate(mv, Path(args.model_store), gpu=args.gpu, short=_short) else FAILED
 
 
 def _rollouts(args) -> Rollouts:

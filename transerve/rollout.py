@@ -27,9 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transerve import archive, smoke
+from transerve import archive
 from transerve.management import ApiError, InferenceClient, ManagementClient, ModelVersionStatus
 from transerve.spec import ModelSpec, ModelVersion
+from transerve.validate import run_samples
 from transerve.waiting import wait_until
 
 HISTORY = "rollouts.json"
@@ -201,16 +202,18 @@ class Rollouts:
     def _smoke(self, mv: ModelVersion) -> None:
         if not mv.samples:
             raise RolloutError("smoke", f"{mv.spec_file} has no samples to smoke-test {mv.name} {mv.version} with")
-        for i, sample in enumerate(mv.samples):
+
+        def predict(request):
             try:
-                answer = self.inference.predict(mv.name, sample.request, version=mv.version,
-                                                timeout=mv.runtime.responseTimeout + 10)
+                return 200, self.inference.predict(mv.name, request, version=mv.version,
+                                                   timeout=mv.runtime.responseTimeout + 10)
             except ApiError as e:
-                raise RolloutError("smoke", f"sample {i} was refused: {e}") from None
-            wrong = smoke.check(mv.task, sample, answer)
-            if wrong:
-                raise RolloutError("smoke", f"sample {i}: {'; '.join(wrong[:3])}")
-            self.log(f"    sample {i} ok")
+                return e.status, str(e)
+
+        for result in run_samples(mv, predict):
+            if result.problems:
+                raise RolloutError("smoke", f"sample {result.index}: {'; '.join(result.problems[:3])}")
+            self.log(f"    sample {result.index} ok ({result.ms:.0f} ms)")
 
     def _drain(self, name: str, version: str, timeout: float = 120) -> None:
         queued = [0]

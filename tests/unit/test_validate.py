@@ -41,3 +41,16 @@ def test_a_sample_that_fails_its_expectation_is_reported(tmp_path, minilm, store
     code = cli.main(["--model-store", str(store), "--models-dir", str(tmp_path), "validate", "minilm-embed", "1.0"])
     out = capsys.readouterr().out
     assert code == cli.FAILED and "sample 0  FAILED" in out and "answer.dimensions: expected 512, got 384" in out
+
+
+def test_run_samples_checks_each_answer_through_any_predict(minilm):
+    from transerve.validate import run_samples
+
+    mv = minilm.version()
+    answers = iter([(200, {"embeddings": [[0.5] * 3, [0.5] * 3], "dimensions": 3}), (400, "BadRequest: inputs")])
+    [result] = run_samples(mv, lambda request: next(answers))
+    assert result.index == 0 and result.status == 200 and result.problems == [] and result.request == mv.samples[0].request
+    [refused] = run_samples(mv, lambda request: next(answers))
+    assert refused.problems == ["refused with status 400: BadRequest: inputs"]
+    [wrong] = run_samples(mv, lambda request: (200, {"embeddings": [[0.5] * 3], "dimensions": 3}))
+    assert wrong.problems == ["1 embeddings for 2 inputs"]
