@@ -40,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 import loadgen  # noqa: E402
 from transerve import archive  # noqa: E402
 from transerve.prepare import model_dir  # noqa: E402
-from transerve.server import Server, free_ports, running_pid  # noqa: E402
+from transerve.server import Server, running_pid  # noqa: E402
 from transerve.spec import find_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -195,19 +195,8 @@ def raw_generation(model_path: Path) -> dict:
 
 class Bench:
     def __init__(self, store: Path, run_dir: Path):
-        ports = free_ports(6)
-        self.server = Server(
-            model_store=store, run_dir=run_dir, guard=False,
-            overrides={
-                "inference_address": f"http://127.0.0.1:{ports[0]}",
-                "management_address": f"http://127.0.0.1:{ports[1]}",
-                "metrics_address": f"http://127.0.0.1:{ports[2]}",
-                "grpc_inference_port": str(ports[3]),
-                "grpc_management_port": str(ports[4]),
-                "openai_address": f"http://127.0.0.1:{ports[5]}",  # the OpenAI gateway (bench/gateway.py)
-                "job_queue_size": "1000",
-            },
-        )
+        # job_queue_size: room for every client of the biggest run; the gateway is bench/gateway.py's
+        self.server = Server.on_free_ports(store, run_dir, guard=False, overrides={"job_queue_size": "1000"})
 
     def __enter__(self):
         if running_pid() is not None:

@@ -28,7 +28,7 @@ import requests
 
 from transerve import archive
 from transerve.rundir import read_properties
-from transerve.server import CONFIG_TEMPLATE, Server, free_ports, running_pid
+from transerve.server import CONFIG_TEMPLATE, Server, running_pid
 from transerve.spec import find_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,16 +81,11 @@ def main() -> None:
     versions = [find_spec("minilm-embed").version(), find_spec("smollm2-chat").version()]
     for mv in versions:
         archive.build(mv, store, refuse_tampered=True)
-    ports = free_ports(5)
     run_dir = Path(tempfile.mkdtemp(prefix="transerve-soak-"))
     # The JVM logs each collection: the heap still live after it is what the bound must hold.
     gc_log = run_dir / "logs" / "gc.log"
     vmargs = f"{args.vmargs or read_properties(CONFIG_TEMPLATE).get('vmargs', '')} -Xlog:gc:file={gc_log}".strip()
-    server = Server(model_store=store, run_dir=run_dir, overrides={
-        "inference_address": f"http://127.0.0.1:{ports[0]}", "management_address": f"http://127.0.0.1:{ports[1]}",
-        "metrics_address": f"http://127.0.0.1:{ports[2]}", "grpc_inference_port": str(ports[3]),
-        "grpc_management_port": str(ports[4]), "vmargs": vmargs,
-    })
+    server = Server.on_free_ports(store, run_dir, openai=False, overrides={"vmargs": vmargs})
     server.start()
     try:
         management, inference = server.clients()

@@ -91,6 +91,22 @@ class Server:
             self.properties["grpc_management_address"] = "127.0.0.1"
             self.properties["grpc_management_port"] = str(grpc)
 
+    @classmethod
+    def on_free_ports(cls, model_store: Path, run_dir: Path, openai: bool = True, overrides: dict | None = None,
+                      **kwargs) -> "Server":
+        """A server with every listener on a loopback port free now, the OpenAI gateway's too
+        (none with openai=False): tests, benchmarks and soaks, beside whatever else the machine runs."""
+        inference, management, metrics, grpc_inference, grpc_management, gateway = free_ports(6)
+        return cls(model_store=model_store, run_dir=run_dir, overrides={
+            "inference_address": f"http://127.0.0.1:{inference}",
+            "management_address": f"http://127.0.0.1:{management}",
+            "metrics_address": f"http://127.0.0.1:{metrics}",
+            "grpc_inference_port": str(grpc_inference),
+            "grpc_management_port": str(grpc_management),
+            "openai_address": f"http://127.0.0.1:{gateway}" if openai else "",
+            **(overrides or {}),
+        }, **kwargs)
+
     @property
     def rundir(self) -> RunDir:
         return RunDir(self.run_dir)

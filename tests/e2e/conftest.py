@@ -20,19 +20,7 @@ from transerve.server import Server, free_ports, running_pid
 def torchserve(store, tmp_path_factory):
     if running_pid() is not None:
         pytest.fail(f"another TorchServe is running (pid {running_pid()}); stop it (transerve stop) before the tests")
-    inference, management, metrics, grpc_inference, grpc_management, gateway = free_ports(6)
-    server = Server(
-        model_store=store,
-        run_dir=tmp_path_factory.mktemp("torchserve"),
-        overrides={
-            "inference_address": f"http://127.0.0.1:{inference}",
-            "management_address": f"http://127.0.0.1:{management}",
-            "metrics_address": f"http://127.0.0.1:{metrics}",
-            "grpc_inference_port": str(grpc_inference),
-            "grpc_management_port": str(grpc_management),
-            "openai_address": f"http://127.0.0.1:{gateway}",
-        },
-    )
+    server = Server.on_free_ports(store, tmp_path_factory.mktemp("torchserve"))
     try:
         server.start()
         yield server

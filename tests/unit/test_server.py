@@ -48,3 +48,15 @@ def test_every_deployment_bounds_the_frontend_heap_alike(tmp_path):
     exported.write_text(kserve_properties(find_spec("minilm-embed").version()))
     assert read_properties(exported)["vmargs"] == vmargs
     assert read_properties(Server(model_store=tmp_path, run_dir=tmp_path).write_config())["vmargs"] == vmargs
+
+
+def test_on_free_ports_moves_every_listener(tmp_path):
+    server = Server.on_free_ports(tmp_path / "store", tmp_path / "run", overrides={"job_queue_size": "7"})
+    port = lambda address: int(address.rsplit(":", 1)[1])  # noqa: E731
+    ports = [port(server.url(api)) for api in ("inference", "management", "metrics")]
+    ports += [int(server.properties["grpc_inference_port"]), port(server.grpc_management_address), port(server.openai_address)]
+    # TorchServe's own management APIs sit on private ports behind the guard
+    ports += [port(server.properties["management_address"]), int(server.properties["grpc_management_port"])]
+    assert len(set(ports)) == 8 and not {8080, 8081, 8082, 7070, 7071} & set(ports)
+    assert server.properties["job_queue_size"] == "7"
+    assert Server.on_free_ports(tmp_path, tmp_path, openai=False).openai_address == ""
