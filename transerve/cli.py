@@ -18,6 +18,7 @@ import requests
 from handlers.config import ConfigError
 from transerve import archive, deploy, metrics_api
 from transerve.management import ApiError, InferenceClient, ManagementClient
+from transerve.prepare import PrepareError
 from transerve.rollout import History, RolloutError, Rollouts
 from transerve.rundir import RunDir
 from transerve.server import CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, clients, running_pid, stop_helpers, stop_running
@@ -26,6 +27,16 @@ from transerve.validate import validate
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
 FAILED, BAD_INPUT = 1, 2
+# What each library error means to the shell; the first match wins. Anything else is a bug,
+# and shows its traceback.
+EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (ConfigError, BAD_INPUT),  # a spec, a flag's value (SpecError is one)
+    (RolloutError, FAILED),
+    (ApiError, FAILED),
+    (ServerError, FAILED),
+    (archive.ArchiveError, FAILED),
+    (PrepareError, FAILED),
+)
 
 
 def _server(args) -> Server:
@@ -168,18 +179,15 @@ def cmd_run(args) -> int:
 
 def cmd_export(args) -> int:
     mv = find_spec(args.name, Path(args.models_dir)).version(args.version)
-    try:
-        res = deploy.resources(args.cpu, args.memory, args.gpus)
-        if args.target == "kserve":
-            written = deploy.export_kserve(
-                mv, Path(args.model_store), Path(args.out), args.storage_uri, res,
-                min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                canary_percent=args.canary, manifest_only=args.manifest_only,
-            )
-        else:
-            written = deploy.export_kubernetes(mv, Path(args.out), args.image, res, args.replicas)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    res = deploy.resources(args.cpu, args.memory, args.gpus)
+    if args.target == "kserve":
+        written = deploy.export_kserve(
+            mv, Path(args.model_store), Path(args.out), args.storage_uri, res,
+            min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+            canary_percent=args.canary, manifest_only=args.manifest_only,
+        )
+    else:
+        written = deploy.export_kubernetes(mv, Path(args.out), args.image, res, args.replicas)
     for what, path in written.items():
         print(f"{what:9} {path}")
     if args.target == "kserve" and not args.manifest_only:
@@ -280,11 +288,7 @@ def cmd_register(args) -> int:
 def cmd_scale(args) -> int:
     management, _ = _clients(args)
     maximum = args.max_workers if args.max_workers is not None else args.workers
-    try:
-        management.scale(args.name, args.workers, maximum, version=args.version)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return BAD_INPUT
+    management.scale(args.name, args.workers, maximum, version=args.version)
     [status] = management.describe(args.name, args.version) if args.version else [
         s for s in management.describe(args.name) if s.is_default
     ]
@@ -444,15 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return BAD_INPUT
-    except RolloutError as e:
-        print(f"error: {args.verb} {args.name}: {e}", file=sys.stderr)
-        return FAILED
-    except (ApiError, ServerError, archive.ArchiveError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return FAILED
+    except tuple(kind for kind, _ in EXIT_CODES) as e:
+        where = f"{args.verb} {args.name}: " if isinstance(e, RolloutError) else ""
+        print(f"error: {where}{e}", file=sys.stderr)
+        return next(code for kind, code in EXIT_CODES if isinstance(e, kind))
 
 
 if __name__ == "__main__":

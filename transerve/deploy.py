@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from handlers.config import ConfigError
 from transerve import archive
 from transerve.metrics_config import render as render_metrics_config
 from transerve.rundir import read_properties
@@ -51,19 +52,19 @@ class Resources:
 
 def _quantity(value: str, what: str) -> str:
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?", value):
-        raise ValueError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
+        raise ConfigError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)")
     return value
 
 
 def _check_device(mv: ModelVersion, res: Resources) -> None:
     if res.gpus and mv.runtime.deviceType == "cpu":
-        raise ValueError(f"{mv.name} {mv.version} pins deviceType: cpu in {mv.spec_file}; asking for {res.gpus} GPU(s) "
+        raise ConfigError(f"{mv.name} {mv.version} pins deviceType: cpu in {mv.spec_file}; asking for {res.gpus} GPU(s) "
                          "would leave them idle: remove deviceType or set it to gpu")
 
 
 def resources(cpu: str, memory: str, gpus: int) -> Resources:
     if gpus < 0:
-        raise ValueError(f"gpus must be >= 0, got {gpus}")
+        raise ConfigError(f"gpus must be >= 0, got {gpus}")
     return Resources(_quantity(cpu, "cpu"), _quantity(memory, "memory"), gpus)
 
 
@@ -116,9 +117,9 @@ def inference_service(mv: ModelVersion, storage_uri: str, res: Resources, min_re
                       canary_percent: int | None = None, protocol: str = "v1") -> dict:
     """The InferenceService for this version; with canary_percent, a canary rollout of it."""
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
-        raise ValueError(f"replicas: need 0 <= min ({min_replicas}) <= max ({max_replicas}) and max >= 1")
+        raise ConfigError(f"replicas: need 0 <= min ({min_replicas}) <= max ({max_replicas}) and max >= 1")
     if canary_percent is not None and not 0 <= canary_percent <= 100:
-        raise ValueError(f"canary percent must be 0..100, got {canary_percent}")
+        raise ConfigError(f"canary percent must be 0..100, got {canary_percent}")
     predictor = {
         "minReplicas": min_replicas,
         "maxReplicas": max_replicas,
@@ -176,7 +177,7 @@ def export_kserve(mv: ModelVersion, store: Path, out: Path, storage_uri: str | N
 def kubernetes_manifests(mv: ModelVersion, image: str, res: Resources, replicas: int) -> list[dict]:
     """A Deployment of transerve's image serving this version, and its Service."""
     if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
+        raise ConfigError(f"replicas must be >= 1, got {replicas}")
     name = f"{mv.name}-{mv.version.replace('.', '-')}"
     labels = {"app.kubernetes.io/name": mv.name, "app.kubernetes.io/version": mv.version}
     startup_seconds = max(mv.runtime.startupTimeout, 120)

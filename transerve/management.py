@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import requests
 
+from handlers.config import ConfigError
+
 
 class ApiError(RuntimeError):
     """TorchServe refused a call; `status` and `message` are the server's."""
@@ -148,7 +150,7 @@ class ManagementClient(_Api):
         registration that started another count is scaled to it.
         """
         if not re.fullmatch(r"[\w.-]+\.mar", url):
-            raise ValueError(f"register takes an archive's file name in the model store (NAME-VERSION.mar), got {url!r}")
+            raise ConfigError(f"register takes an archive's file name in the model store (NAME-VERSION.mar), got {url!r}")
         params: dict[str, Any] = {"url": url, "synchronous": str(synchronous).lower()}
         optional = {
             "initial_workers": initial_workers, "batch_size": batch_size,
@@ -175,7 +177,7 @@ class ManagementClient(_Api):
     ) -> str:
         counts = (min_workers, min_workers if max_workers is None else max_workers)
         if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts) or counts[0] < 0 or counts[1] < counts[0]:
-            raise ValueError(f"bad worker counts: min {min_workers}, max {max_workers}; need integers 0 <= min <= max")
+            raise ConfigError(f"bad worker counts: min {min_workers}, max {max_workers}; need integers 0 <= min <= max")
         path = f"/models/{name}/{version}" if version else f"/models/{name}"
         params = {"min_worker": min_workers, "max_worker": max_workers if max_workers is not None else min_workers,
                   "synchronous": str(synchronous).lower()}

@@ -31,3 +31,33 @@ def test_status_without_a_server_in_this_run_dir_exits_1(tmp_path, capsys):
     assert main(["--run-dir", str(tmp_path), "status"]) == 1
     said = capsys.readouterr()
     assert "TorchServe is not running" in said.out or "no TorchServe was started from" in said.err
+
+
+def test_library_errors_map_to_exit_codes_and_anything_else_is_a_traceback(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from transerve import cli
+    from transerve.prepare import PrepareError
+    from transerve.rollout import RolloutError
+
+    def failing(error):
+        def run(args):
+            raise error
+        return run
+
+    argv = ["--run-dir", str(tmp_path), "rollback", "minilm-embed"]
+    cases = [(cli.ConfigError("models/x/model.yaml: handler.pooling: bad"), 2, "error: models/x/model.yaml"),
+             (PrepareError("the export does not reproduce torch"), 1, "error: the export does not reproduce torch"),
+             (RolloutError("smoke", "sample 0: wrong"), 1, "error: rollback minilm-embed: step 'smoke' failed")]
+    for error, code, said in cases:
+        monkeypatch.setattr(cli, "cmd_rollback", failing(error))
+        assert main(argv) == code and capsys.readouterr().err.startswith(said)
+    monkeypatch.setattr(cli, "cmd_rollback", failing(KeyError("a bug")))
+    with pytest.raises(KeyError):
+        main(argv)
+
+
+def test_scale_with_bad_counts_is_a_usage_error_before_any_call(tmp_path, capsys):
+    (tmp_path / "config.properties").write_text("inference_address=http://127.0.0.1:1\nmanagement_address=http://127.0.0.1:1\n")
+    assert main(["--run-dir", str(tmp_path), "scale", "m", "--workers", "3", "--max-workers", "1"]) == 2
+    assert "bad worker counts: min 3, max 1" in capsys.readouterr().err
