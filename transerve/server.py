@@ -52,10 +52,6 @@ def java_version() -> int | None:
     return int(found.group(2)) if major == 1 else major
 
 
-def _port(address: str) -> int:
-    return int(address.rsplit(":", 1)[1])
-
-
 @dataclass
 class Server:
     """One TorchServe: its run directory, its model store and its effective properties."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ import yaml
 from transerve.management import InferenceClient, ManagementClient
 from transerve.metrics_api import parse
 from transerve.server import Server, free_ports, running_pid
+from transerve.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -70,12 +71,16 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else 0.0
 
     def wait_for(self, promql: str, expected: float, timeout: float = 30) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.value(promql)
-            if value == expected or time.monotonic() > deadline:
-                return value
-            time.sleep(0.5)
+        """The query's value once it is `expected`, or its last value when `timeout` runs out."""
+        seen = []
+
+        def arrived() -> bool:
+            seen.append(self.value(promql))
+            return seen[-1] == expected
+
+        with contextlib.suppress(TimeoutError):
+            wait_until(arrived, timeout, TimeoutError)
+        return seen[-1]
 
 
 @pytest.fixture(scope="session")
@@ -102,18 +107,16 @@ def prometheus(torchserve, tmp_path_factory):
     )
     server = Prometheus(f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        def ready() -> bool:
             if process.poll() is not None:
                 pytest.fail(f"Prometheus exited with {process.returncode}; see {root / 'prometheus.log'}")
             try:
-                if requests.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
-                    break
+                return requests.get(f"{server.url}/-/ready", timeout=2).status_code == 200
             except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Prometheus did not get ready; see {root / 'prometheus.log'}")
-            time.sleep(0.3)
+                return False
+
+        wait_until(ready, 60, lambda: AssertionError(f"Prometheus did not get ready; see {root / 'prometheus.log'}"),
+                   interval=0.3)
         assert server.wait_for('up{job="torchserve"}', 1.0) == 1.0, "Prometheus cannot scrape TorchServe"
         yield server
     finally:

@@ -10,6 +10,7 @@ once answers resume none may fail.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ import numpy as np
 import requests
 
 from transerve import hostile
+from transerve.waiting import wait_until
 
 NAME = "minilm-embed"
 SEED = 20261124
@@ -111,12 +113,13 @@ def test_a_killed_worker_is_replaced_and_answers_resume(torchserve, minilm_regis
     time.sleep(2)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    deadline = killed + 90
-    while time.monotonic() < deadline:
+
+    def back() -> bool:
         new = worker_pids(management)
-        if new and new != [pid] and any(sent > killed and status == 200 for sent, _, status in answers[-20:]):
-            break
-        time.sleep(0.2)
+        return bool(new) and new != [pid] and any(sent > killed and status == 200 for sent, _, status in answers[-20:])
+
+    with contextlib.suppress(TimeoutError):  # the asserts below say what did not come back
+        wait_until(back, 90, TimeoutError, interval=0.2)
     time.sleep(5)  # keep sending once it is back
     stopping.set()
     for t in threads:

@@ -19,6 +19,7 @@ import requests
 from transerve import archive
 from transerve.management import ApiError
 from transerve.spec import find_spec
+from transerve.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 SENTENCES = ["TorchServe serves transformers models.", "A sentence to embed.", "Ünïcödé and emoji 🙂 too."]
@@ -190,9 +191,7 @@ def test_an_abandoned_stream_is_dropped_upstream(torchserve, client, chat_model,
         assert first.startswith(b"data: ") and json.loads(first[6:])["object"] == "chat.completion.chunk"
     time.sleep(2)  # TorchServe drops the request after its next chunk; its rows leave at the handler's next call
     client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=2)  # that next call
-    deadline = time.monotonic() + 20
-    while evicted() == before and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: evicted() != before, 20, lambda: AssertionError("the abandoned stream's row was not evicted in 20 s"))
     assert evicted() == before + 1
 
 
