@@ -108,6 +108,29 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) ->
     return obj
 
 
+ENCODERS = ("embedding", "classification", "token_classification")
+# The handler keys that mean something to some tasks only, and those tasks; every other key
+# applies to all. A spec that sets one for another task is refused (transerve.spec).
+TASK_KEYS: dict[str, tuple[str, ...]] = {
+    "pooling": ("embedding",),
+    "normalize": ("embedding",),
+    "aggregation": ("token_classification",),
+    "max_batch_tokens": ENCODERS,
+    "max_new_tokens": ("generation",),
+    "default_max_new_tokens": ("generation",),
+    "max_running": ("generation",),
+    "max_waiting": ("generation",),
+    "prefill_tokens": ("generation",),
+    "max_timeout": ("generation",),
+}
+
+
+def keys_of(task: str) -> list[str]:
+    """The handler keys a spec of `task` may set."""
+    return [f.name for f in dataclasses.fields(HandlerConfig)
+            if f.name != "task" and task in TASK_KEYS.get(f.name, (task,))]
+
+
 @dataclass(frozen=True)
 class HandlerConfig:
     """What the handler needs to know beyond the model files; every key has a default."""

@@ -87,3 +87,93 @@ def _tiny_bert(root, minilm, model_class, task: str, labels: list[str], seed: in
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(scope="session")
+def byo(tmp_path_factory, minilm):
+    """Four small models saved the way their users save them, for `transerve init` to read:
+    {kind: folder}. A classifier and a token classifier (transformers' save_pretrained), an
+    embedding model in sentence-transformers' layout (CLS pooling and Normalize, so a reader
+    that assumed mean pooling would answer differently), and a causal LM with SmolLM2's
+    tokenizer and chat template. Random weights: the tests compare against the same files
+    loaded by transformers and sentence-transformers, not against good answers."""
+    return _byo(tmp_path_factory.mktemp("byo"), minilm)
+
+
+def _byo(root, minilm):
+    from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification,
+                              BertModel, LlamaConfig, LlamaForCausalLM)
+
+    from transerve.prepare import model_dir
+
+    bert_tokenizer = AutoTokenizer.from_pretrained(minilm.version().source_dir())
+
+    def bert(labels=(), **extra):
+        return BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=128, initializer_range=0.5, id2label=dict(enumerate(labels)),
+                          label2id={l: i for i, l in enumerate(labels)}, **extra)
+
+    folders = {}
+    for kind, make in (("classifier", lambda: BertForSequenceClassification(bert(["NEGATIVE", "POSITIVE"]))),
+                       ("token_classifier", lambda: BertForTokenClassification(bert(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])))):
+        torch.manual_seed(1)
+        folders[kind] = root / kind
+        make().save_pretrained(folders[kind])
+        bert_tokenizer.save_pretrained(folders[kind])
+
+    from sentence_transformers import SentenceTransformer
+    try:  # sentence-transformers 6 moved its modules
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models
+
+    torch.manual_seed(2)
+    encoder = root / "encoder"
+    BertModel(bert()).save_pretrained(encoder)
+    bert_tokenizer.save_pretrained(encoder)
+    transformer = models.Transformer(str(encoder), max_seq_length=128)
+    st = SentenceTransformer(modules=[transformer, models.Pooling(64, pooling_mode="cls"), models.Normalize()], device="cpu")
+    folders["embedder"] = root / "embedder"
+    st.save(str(folders["embedder"]))
+
+    chat_tokenizer = AutoTokenizer.from_pretrained(model_dir(find_spec("smollm2-chat").version(), log=lambda _: None))
+    torch.manual_seed(3)
+    llama = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+                        bos_token_id=chat_tokenizer.bos_token_id, eos_token_id=chat_tokenizer.eos_token_id,
+                        tie_word_embeddings=True)
+    folders["causal_lm"] = root / "causal_lm"
+    LlamaForCausalLM(llama).save_pretrained(folders["causal_lm"])
+    chat_tokenizer.save_pretrained(folders["causal_lm"])
+    return folders
+
+
+def lay_out_hub_cache(cache, repo: str, folder, commit: str, refs=("main",), skip=()):
+    """`folder`'s files put in a Hugging Face cache as huggingface_hub lays out a download:
+    models--ORG--NAME/blobs/<sha256> holds each file once, snapshots/<commit>/<path> links to
+    it, refs/<branch> names the commit. `skip`: paths left out of the snapshot."""
+    import hashlib
+    from pathlib import Path
+
+    repo_dir = Path(cache) / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(folder).rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if not path.is_file() or relative in skip:
+            continue
+        data = path.read_bytes()
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = repo_dir / "snapshots" / commit / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (repo_dir / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / ref).write_text(commit)
+    return repo_dir
+
+
+@pytest.fixture(scope="session")
+def hub_layout():
+    """lay_out_hub_cache, for the test modules."""
+    return lay_out_hub_cache

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -50,6 +50,8 @@ class ArchiveRecord:
     built_at: float
     reused: bool = False
     seconds: float = 0.0  # the build's wall time (0 when reused)
+    # where the model files came from: {hub, revision, commit} for a Hub source, else its package or folder
+    source: dict = field(default_factory=dict)
 
 
 def file_sha256(path: Path) -> str:
@@ -190,6 +192,7 @@ def build(
     record = ArchiveRecord(
         path=str(target), model=mv.name, version=mv.version, size=target.stat().st_size,
         sha256=file_sha256(target), inputs=digest, built_at=time.time(), seconds=round(time.perf_counter() - started, 2),
+        source=mv.provenance(),
     )
     index = read_index(store)
     index[mv.archive_name] = {k: v for k, v in asdict(record).items() if k not in ("path", "reused", "seconds")}

