@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from transerve.prepare import model_dir
-from transerve.spec import REPO, ModelVersion, SpecError
+from handlers.config import ConfigError
+from transerve.spec import REPO, ModelVersion, SpecError, find_spec
 
 HANDLERS_DIR = REPO / "handlers"
 STORE = REPO / "model_store"
@@ -198,3 +199,37 @@ def build(
     index[mv.archive_name] = {k: v for k, v in asdict(record).items() if k not in ("path", "reused", "seconds")}
     _write_index(store, index)
     return record
+
+
+def startup_archives(models: str, store: Path, models_dir: Path, log=print) -> dict[str, str]:
+    """"NAME[:VERSION],..." (commas or spaces) -> {name: archive file in the store}, each
+    checked: present, and not changed since transerve built it (when index.json knows it).
+    A bare NAME means its spec's default version, or the one NAME-*.mar in the store.
+    """
+    names = models.replace(",", " ").split()
+    if not names:
+        raise ConfigError("no models named: set TRANSERVE_MODELS (or --models) to NAME[:VERSION],...")
+    index = read_index(store)
+    archives = {}
+    for entry in names:
+        name, _, version = entry.partition(":")
+        if not version:
+            try:
+                version = find_spec(name, models_dir).default_version
+            except ConfigError:
+                found = sorted(store.glob(f"{name}-*.mar"))
+                if len(found) != 1:
+                    raise ConfigError(f"{entry}: no spec for {name} in {models_dir} and {len(found)} archives "
+                                      f"{name}-*.mar in {store}; name the version as {name}:VERSION") from None
+                version = found[0].name[len(name) + 1 : -len(".mar")]
+        file = f"{name}-{version}.mar"
+        path = store / file
+        if not path.is_file():
+            raise ConfigError(f"{entry}: {path} not found; build it with `transerve archive {name} {version}`")
+        known = index.get(file)
+        if known is None:
+            log(f"transerve: {file} is not in {store / INDEX}: its sha256 cannot be checked")
+        elif file_sha256(path) != known["sha256"]:
+            raise TamperedArchive(f"refusing {path}: its sha256 differs from the one recorded when it was built")
+        archives[name] = file
+    return archives

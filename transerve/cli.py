@@ -151,43 +151,9 @@ def _openai_samples(server: Server, versions) -> None:
         print(f"answer: {json.dumps(_short(answer.json()))}")
 
 
-def startup_archives(models: str, store: Path, models_dir: Path, log=print) -> dict[str, str]:
-    """"NAME[:VERSION],..." (commas or spaces) -> {name: archive file in the store}, each
-    checked: present, and not changed since transerve built it (when index.json knows it).
-    A bare NAME means its spec's default version, or the one NAME-*.mar in the store.
-    """
-    names = models.replace(",", " ").split()
-    if not names:
-        raise ConfigError("no models named: set TRANSERVE_MODELS (or --models) to NAME[:VERSION],...")
-    index = archive.read_index(store)
-    archives = {}
-    for entry in names:
-        name, _, version = entry.partition(":")
-        if not version:
-            try:
-                version = find_spec(name, models_dir).default_version
-            except ConfigError:
-                found = sorted(store.glob(f"{name}-*.mar"))
-                if len(found) != 1:
-                    raise ConfigError(f"{entry}: no spec for {name} in {models_dir} and {len(found)} archives "
-                                      f"{name}-*.mar in {store}; name the version as {name}:VERSION") from None
-                version = found[0].name[len(name) + 1 : -len(".mar")]
-        file = f"{name}-{version}.mar"
-        path = store / file
-        if not path.is_file():
-            raise ConfigError(f"{entry}: {path} not found; build it with `transerve archive {name} {version}`")
-        known = index.get(file)
-        if known is None:
-            log(f"transerve: {file} is not in {store / archive.INDEX}: its sha256 cannot be checked")
-        elif archive.file_sha256(path) != known["sha256"]:
-            raise archive.TamperedArchive(f"refusing {path}: its sha256 differs from the one recorded when it was built")
-        archives[name] = file
-    return archives
-
-
 def cmd_run(args) -> int:
     store, models_dir = Path(args.model_store), Path(args.models_dir)
-    archives = startup_archives(args.models, store, models_dir)
+    archives = archive.startup_archives(args.models, store, models_dir)
     server = Server(model_store=store, run_dir=args.run_dir, template=Path(args.config), guard=False)
     return server.run(archives, timeout=args.ready_timeout)
 

@@ -104,3 +104,29 @@ def test_pickle_weights_load_only_when_the_spec_allows_them(tmp_path, minilm):
         assert answer.status == 200 and answer.body["dimensions"] == 32
     finally:
         worker.close()
+
+
+def test_startup_archives_are_named_checked_and_refused_when_missing_or_changed(tmp_path, store):
+    import shutil
+
+    from handlers.config import ConfigError
+    from transerve.spec import MODELS_DIR
+
+    said = []
+    assert archive.startup_archives("minilm-embed", store, MODELS_DIR, said.append) == {"minilm-embed": "minilm-embed-1.0.mar"}
+    assert archive.startup_archives(" minilm-embed:1.1, ", store, MODELS_DIR) == {"minilm-embed": "minilm-embed-1.1.mar"}
+    assert said == []
+    with pytest.raises(ConfigError, match=r"minilm-embed:9\.9: .*minilm-embed-9\.9\.mar not found; build it with "
+                                          r"`transerve archive minilm-embed 9\.9`"):
+        archive.startup_archives("minilm-embed:9.9", store, MODELS_DIR)
+    with pytest.raises(ConfigError, match="no models named"):
+        archive.startup_archives(" , ", store, MODELS_DIR)
+    copy = tmp_path / "store"
+    copy.mkdir()
+    shutil.copy(store / "minilm-embed-1.0.mar", copy)
+    # without a spec and an index: the one archive of that name, and a warning that it is unchecked
+    assert archive.startup_archives("minilm-embed", copy, tmp_path, said.append) == {"minilm-embed": "minilm-embed-1.0.mar"}
+    assert said == [f"transerve: minilm-embed-1.0.mar is not in {copy / archive.INDEX}: its sha256 cannot be checked"]
+    (copy / archive.INDEX).write_text(json.dumps({"minilm-embed-1.0.mar": {"sha256": "0" * 64}}))
+    with pytest.raises(archive.TamperedArchive, match="its sha256 differs from the one recorded when it was built"):
+        archive.startup_archives("minilm-embed:1.0", copy, tmp_path)
