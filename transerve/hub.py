@@ -29,8 +29,7 @@ ALLOW_PATTERNS = [
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "*.model", "chat_template.jinja", "chat_template.json",
     "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json", "2_Normalize/config.json",
-    "*.gguf",
-]
+]  # and a GGUF file only when a spec names it: a GGUF repository holds many quantizations of one model
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -70,12 +69,12 @@ def _cached_revisions(repo: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _snapshot(repo: str, revision: str, offline_: bool, cache: Path) -> Snapshot:
+def _snapshot(repo: str, revision: str, offline_: bool, cache: Path, extra: tuple[str, ...]) -> Snapshot:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        path = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS,
+        path = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS + list(extra),
                                       cache_dir=cache, local_files_only=offline_))
     except RevisionNotFoundError:
         raise HubError(f"{repo} has no revision {revision!r} on the Hub") from None
@@ -90,18 +89,21 @@ def _snapshot(repo: str, revision: str, offline_: bool, cache: Path) -> Snapshot
     return Snapshot(repo, revision, path.name, path)
 
 
-def snapshot(repo: str, revision: str | None = None) -> Snapshot:
-    """The files of `repo` at `revision` (default: main) on this machine, fetched when needed;
-    checked to hold a config and weights."""
+def snapshot(repo: str, revision: str | None = None, gguf: str | None = None) -> Snapshot:
+    """The files of `repo` at `revision` (default: main) on this machine, fetched when needed
+    (with the GGUF file `gguf`, when given); checked to hold a config and weights."""
     if not REPO_ID.fullmatch(repo):
         raise HubError(f"{repo!r} is not a Hub id: expected ORG/NAME, e.g. sentence-transformers/all-MiniLM-L6-v2")
-    snap = _snapshot(repo, revision or "main", offline(), cache_dir())
+    snap = _snapshot(repo, revision or "main", offline(), cache_dir(), (gguf,) if gguf else ())
     files = {p.relative_to(snap.path).as_posix() for p in snap.path.rglob("*") if p.is_file()}
     where = f"{repo} at revision {snap.revision!r} (commit {snap.commit})"
-    gguf = any(f.endswith(".gguf") for f in files)
-    if "config.json" not in files and not gguf:
+    if gguf is not None:
+        if gguf not in files:
+            raise HubError(f"{where}: no {gguf} in {snap.path}")
+        return snap
+    if "config.json" not in files:
         raise HubError(f"{where}: no config.json in {snap.path}")
-    if not gguf and not any(f.endswith(".safetensors") for f in files):
+    if not any(f.endswith(".safetensors") for f in files):
         raise HubError(f"{where}: no *.safetensors weights in {snap.path} (pickle weights are not fetched: "
                        "unpickling runs code)")
     return snap

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -159,7 +160,8 @@ class ModelVersion:
         from transerve.hub import HubError, snapshot
 
         try:
-            return snapshot(self.source.hub, self.source.revision)
+            gguf = posixpath.normpath(f"{self.source.path}/{self.source.gguf}") if self.source.gguf else None
+            return snapshot(self.source.hub, self.source.revision, gguf)
         except HubError as e:
             raise SpecError(f"{self.spec_file}: source.hub: {e}") from None
 

@@ -101,3 +101,15 @@ def test_a_spec_pinned_to_a_missing_revision_fails_naming_file_repo_and_revision
 def test_source_mistakes(tmp_path, source, expected):
     with pytest.raises(SpecError, match=expected):
         load_spec(spec(tmp_path, source, task="task: classification\n"))
+
+
+def test_a_gguf_source_needs_its_file_and_no_config(tmp_path, cache, hub_layout):
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    (folder / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
+    hub_layout(cache, "transerve-tests/gguf", folder, "2" * 40)
+    assert snapshot("transerve-tests/gguf", gguf="model.Q4_K_M.gguf").commit == "2" * 40
+    with pytest.raises(HubError, match=r"transerve-tests/gguf at revision 'main' \(commit 2{40}\): no model\.Q8_0\.gguf in"):
+        snapshot("transerve-tests/gguf", gguf="model.Q8_0.gguf")
+    with pytest.raises(HubError, match="no config.json"):
+        snapshot("transerve-tests/gguf")
