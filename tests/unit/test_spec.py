@@ -76,7 +76,7 @@ def test_version_overrides_merge_over_model_settings(tmp_path):
          r"handler\.max_batch_tokens: a key of the tasks embedding, classification, token_classification only; "
          r"this model's task is generation"),
         (("source: {dir: ./weights}\n", ""), r"missing required key 'source'"),
-        (("source: {dir: ./weights}", "source: {}"), r"source\.package: give exactly one of source.package or source.dir"),
+        (("source: {dir: ./weights}", "source: {}"), r"source\.package: give exactly one of source\.package, source\.dir or source\.hub"),
         (("task: embedding", "task: translation"), r"handler\.task: unknown task 'translation'; known tasks: embedding, classification"),
         (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {batchSize: '8'}"), r"runtime\.batchSize: expected int, got '8'"),
         (("runtime: {batchSize: 8, maxBatchDelay: 5}", "runtime: {batchSize: 0}"), r"runtime\.batchSize: expected an integer >= 1, got 0"),
