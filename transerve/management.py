@@ -124,7 +124,7 @@ class ManagementClient(_Api):
 
     def describe(self, name: str, version: str | None = None) -> list[ModelVersionStatus]:
         """Every registered version of `name` (or just `version`), default marked."""
-        default = self._call("GET", f"/models/{name}").json()[0]["modelVersion"]
+        default = self.default_version(name)
         path = f"/models/{name}/{version}" if version else f"/models/{name}/all"
         return [ModelVersionStatus.parse(d, default) for d in self._call("GET", path).json()]
 
@@ -192,9 +192,6 @@ class ManagementClient(_Api):
 
 
 class InferenceClient(_Api):
-    def ping(self) -> str:
-        return self._call("GET", "/ping").json().get("status", "")
-
     def predict(self, name: str, body: Any, version: str | None = None, timeout: float | None = None) -> Any:
         """POST a JSON body (or text) to /predictions/NAME[/VERSION]; returns the parsed answer."""
         path = f"/predictions/{name}/{version}" if version else f"/predictions/{name}"
