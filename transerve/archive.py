@@ -162,6 +162,10 @@ def build(
         return ArchiveRecord(**{**known, "path": str(target), "reused": True})
 
     log(f"building {mv.archive_name} ...")
+    provenance = mv.provenance()
+    if "commit" in provenance and provenance["revision"] != provenance["commit"]:
+        log(f"note: {mv.spec_file}: source.hub {provenance['hub']} at {provenance['revision']!r} is commit "
+            f"{provenance['commit']}; pin it (revision: \"{provenance['commit']}\") to build from the same files every time")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="transerve-archive-") as tmp:
         tmp = Path(tmp)
@@ -193,7 +197,7 @@ def build(
     record = ArchiveRecord(
         path=str(target), model=mv.name, version=mv.version, size=target.stat().st_size,
         sha256=file_sha256(target), inputs=digest, built_at=time.time(), seconds=round(time.perf_counter() - started, 2),
-        source=mv.provenance(),
+        source=provenance,
     )
     index = read_index(store)
     index[mv.archive_name] = {k: v for k, v in asdict(record).items() if k not in ("path", "reused", "seconds")}

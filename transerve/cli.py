@@ -69,6 +69,8 @@ def cmd_init(args) -> int:
     print(f"  task     {written.task} ({written.why})")
     print(f"  source   {where}")
     print(f"  workers  {written.workers} x {written.threads} thread(s)")
+    for note in written.notes:
+        print(f"note: {note}")
     print(f"next:\n  transerve archive {args.name}\n  transerve serve --models {args.name} --sample")
     return 0
 

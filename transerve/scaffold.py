@@ -61,6 +61,7 @@ class Written:
     source: dict
     workers: int
     threads: int
+    notes: tuple[str, ...] = ()  # what the user should know before archiving
 
 
 def cores() -> int:
@@ -182,5 +183,10 @@ def init(name: str, source: str, models_dir: Path, revision: str | None = None, 
         if not any(path.parent.iterdir()):
             path.parent.rmdir()
         raise
-    workers = runtime["minWorkers"]
-    return Written(path, found.task, why, spec_source, workers, handler.get("threads", 1))
+    notes = []
+    if "gguf" not in spec_source and not any(folder.rglob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        notes.append(f"no *.safetensors weights in {folder}" + (
+            f" (it has {', '.join(pickles)}: pickles, which the archive refuses unless handler.allow_pickle: true; "
+            "converting them to safetensors is safer)" if pickles else "; the archive will need them"))
+    return Written(path, found.task, why, spec_source, runtime["minWorkers"], handler.get("threads", 1), tuple(notes))

@@ -113,3 +113,20 @@ def test_a_gguf_source_needs_its_file_and_no_config(tmp_path, cache, hub_layout)
         snapshot("transerve-tests/gguf", gguf="model.Q8_0.gguf")
     with pytest.raises(HubError, match="no config.json"):
         snapshot("transerve-tests/gguf")
+
+
+def test_an_archive_from_a_branch_records_its_commit_and_says_how_to_pin_it(tmp_path, cache, hub_layout, minilm):
+    from transerve import archive
+
+    hub_layout(cache, "transerve-tests/minilm", minilm.version().source_dir(), "3" * 40)
+    path = spec(tmp_path, "{hub: transerve-tests/minilm, revision: main}")
+    said = []
+    record = archive.build(load_spec(path).version(), tmp_path / "store", log=said.append)
+    assert record.source == {"hub": "transerve-tests/minilm", "revision": "main", "commit": "3" * 40}
+    assert archive.read_index(tmp_path / "store")["tiny-1.0.mar"]["source"] == record.source
+    assert f"note: {path}: source.hub transerve-tests/minilm at 'main' is commit {'3' * 40}; pin it " \
+           f"(revision: \"{'3' * 40}\") to build from the same files every time" in said
+    # the archive holds the files, not links into the cache
+    import zipfile
+    with zipfile.ZipFile(record.path) as z:
+        assert z.read("model.safetensors") == (minilm.version().source_dir() / "model.safetensors").read_bytes()

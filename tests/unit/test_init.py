@@ -79,3 +79,34 @@ def test_init_refuses_to_overwrite_a_bad_name_an_unknown_task_and_a_missing_sour
     assert "nowhere is neither a folder nor a Hub id (ORG/NAME)" in run("x", "--source", "nowhere")[1]
     assert "--revision pins a Hub source" in run("x", "--source", str(weights), "--revision", "main")[1]
     assert sorted(p.name for p in models.iterdir()) == ["e"]
+
+
+def test_a_folder_with_pickle_weights_only_gets_a_note_before_the_archive_refuses_it(tmp_path, capsys):
+    weights = model(tmp_path, ["BertForSequenceClassification"])
+    (weights / "pytorch_model.bin").write_bytes(b"pickle")
+    assert cli.main(["--models-dir", str(tmp_path / "models"), "init", "p", "--source", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: no *.safetensors weights in {weights} (it has pytorch_model.bin: pickles, which the archive refuses " \
+           "unless handler.allow_pickle: true" in out
+
+
+def test_the_task_from_any_architectures_is_a_known_task_or_a_clear_refusal(tmp_path):
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from handlers.tasks import TASKS
+    from transerve.detect import DetectError, detect
+
+    names = st.one_of(st.text(max_size=40), st.sampled_from(["BertModel", "GPT2LMHeadModel", "XForCausalLM", "ForTokenClassification"]))
+
+    @given(st.lists(names, max_size=4))
+    def check(architectures):
+        folder = model(tmp_path, architectures)
+        try:
+            found = detect(folder)
+        except DetectError as e:
+            assert "set the task yourself" in str(e)
+        else:
+            assert found.task in TASKS and found.why
+
+    check()
