@@ -199,7 +199,7 @@ class ModelSpec:
                   else _source(self.raw.source, f"{self.file}: source"))
         task, implied = self._task(source, where)
         for section, at in ((self.raw.handler, f"{self.file}: handler"), (overrides.handler, f"{where}: handler")):
-            _check_handler_keys(section, task, at)
+            _check_handler_keys(section, task, at, said=self.raw.task is not None)
         handler = {"task": task, **implied, **self.raw.handler, **overrides.handler}
         runtime = {**self.raw.runtime, **overrides.runtime}
         mv = ModelVersion(
@@ -240,10 +240,14 @@ class ModelSpec:
         return self.raw.task, found.handler if found.task == self.raw.task else {}
 
 
-def _check_handler_keys(section: Any, task: str, where: str) -> None:
-    """The task is said once, at the top; a handler key of another task is a mistake, not a no-op."""
+def _check_handler_keys(section: Any, task: str, where: str, said: bool = True) -> None:
+    """The task is said once, at the top; a handler key of another task is a mistake, not a no-op.
+    `said`: the spec has a top-level task (else `task` was read from the model's files)."""
     if not isinstance(section, dict):
         return  # parse_dataclass says what is wrong with it
+    if "task" in section and not said:
+        raise SpecError(f"{where}.task: the task is set once, by a top-level `task:` key (left out, it is read "
+                        f"from the model's files, which say {task}); move `task: {section['task']}` to the top")
     if "task" in section:
         raise SpecError(f"{where}.task: the task is set once, by the spec's top-level `task: {task}`; "
                         f"remove `task: {section['task']}` from this handler section"

@@ -116,3 +116,12 @@ def test_a_spec_without_a_task_for_a_model_that_does_not_say_fails_with_how_to_s
     with pytest.raises(SpecError, match=rf"{path}: versions\.1\.0: task: cannot tell the task of .*; set the task yourself"):
         load_spec(path)
     assert load_spec(write_spec(tmp_path, "task: generation\n")).version().task == "generation"
+
+
+def test_a_task_inside_handler_of_a_spec_without_one_is_moved_to_the_top(tmp_path):
+    folder(tmp_path, ["BertForTokenClassification"])
+    path = write_spec(tmp_path, "handler: {task: classification}\n")
+    with pytest.raises(SpecError, match=rf"^{path}: handler\.task: the task is set once, by a top-level `task:` key "
+                                        r"\(left out, it is read from the model's files, which say token_classification\); "
+                                        r"move `task: classification` to the top$"):
+        load_spec(path)
