@@ -6,6 +6,7 @@ init | archive | serve | run | stop | status | export | validate | register | sc
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from transerve.rollout import History, RolloutError, Rollouts
 from transerve.rundir import RunDir
 from transerve.server import CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, clients, running_pid, stop_helpers, stop_running
 from transerve.spec import MODELS_DIR, all_specs, find_spec
-from transerve.validate import validate
+from transerve.validate import run_samples, served, validate
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
 FAILED, BAD_INPUT = 1, 2
@@ -120,19 +121,27 @@ def cmd_serve(args) -> int:
         f"keys        {server.key_file} (send 'Authorization: Bearer <key>'; "
         "inference key for predictions, management key for /models)"
     )
+    wrong = 0
     if args.sample:
-        for mv in versions:
-            if not mv.samples:
-                continue
-            started = time.monotonic()
-            request = mv.samples[0].request
-            answer = inference.predict(mv.name, request)
-            print(f"sample request to {mv.name} ({(time.monotonic() - started) * 1000:.0f} ms): {json.dumps(request)}")
-            print(f"answer: {json.dumps(_short(answer))}")
+        wrong = answer_samples(versions, inference)
         if server.openai_address:
             _openai_samples(server, versions)
     print("stop it with: transerve stop")
-    return 0
+    return FAILED if wrong else 0
+
+
+def answer_samples(versions, inference: InferenceClient) -> int:
+    """Each version's first sample, sent to it and checked as a rollout's smoke step checks it
+    (validate.run_samples), printed with its answer; -> how many answers were wrong."""
+    wrong = 0
+    for mv in versions:
+        for result in itertools.islice(run_samples(mv, served(inference, mv)), 1):
+            print(f"sample request to {mv.name} ({result.ms:.0f} ms): {json.dumps(result.request)}")
+            print(f"answer: {json.dumps(_short(result.answer))}")
+            if result.problems:
+                wrong += 1
+                print(f"FAILED: {'; '.join(result.problems)}")
+    return wrong
 
 
 def _openai_samples(server: Server, versions) -> None:

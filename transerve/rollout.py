@@ -30,7 +30,7 @@ from pathlib import Path
 from transerve import archive
 from transerve.management import ApiError, InferenceClient, ManagementClient, ModelVersionStatus
 from transerve.spec import ModelSpec, ModelVersion
-from transerve.validate import run_samples
+from transerve.validate import run_samples, served
 from transerve.waiting import wait_until
 
 HISTORY = "rollouts.json"
@@ -202,15 +202,7 @@ class Rollouts:
     def _smoke(self, mv: ModelVersion) -> None:
         if not mv.samples:
             raise RolloutError("smoke", f"{mv.spec_file} has no samples to smoke-test {mv.name} {mv.version} with")
-
-        def predict(request):
-            try:
-                return 200, self.inference.predict(mv.name, request, version=mv.version,
-                                                   timeout=mv.runtime.responseTimeout + 10)
-            except ApiError as e:
-                return e.status, str(e)
-
-        for result in run_samples(mv, predict):
+        for result in run_samples(mv, served(self.inference, mv)):
             if result.problems:
                 raise RolloutError("smoke", f"sample {result.index}: {'; '.join(result.problems[:3])}")
             self.log(f"    sample {result.index} ok ({result.ms:.0f} ms)")

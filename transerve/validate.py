@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from transerve import archive, smoke
+from transerve.management import ApiError, InferenceClient
 from transerve.spec import ModelVersion
 
 # An exception at load, matched by name or message, and what usually causes it.
@@ -48,6 +49,20 @@ def run_samples(mv: ModelVersion, predict: Callable[[Any], tuple[int, Any]]) -> 
         ms = (time.perf_counter() - started) * 1000
         problems = [f"refused with status {status}: {answer}"] if status != 200 else smoke.check(mv.task, sample, answer)
         yield SampleResult(i, sample.request, status, answer, ms, problems)
+
+
+def served(inference: InferenceClient, mv: ModelVersion) -> Callable[[Any], tuple[int, Any]]:
+    """A predict for run_samples that asks the version registered on TorchServe over the
+    inference API; a refusal is its status and TorchServe's message."""
+    timeout = mv.runtime.responseTimeout + 10
+
+    def predict(request: Any) -> tuple[int, Any]:
+        try:
+            return 200, inference.predict(mv.name, request, version=mv.version, timeout=timeout)
+        except ApiError as e:
+            return e.status, str(e)
+
+    return predict
 
 
 def hint(error: BaseException) -> str:

@@ -185,6 +185,23 @@ def test_cli_status_and_scale(capsys, operate, management):
     assert code == cli.FAILED and "Model not found: no-such-model" in err
 
 
+def test_serves_sample_answers_are_checked_as_the_smoke_step_checks_them(capsys, operate, inference, models_dir):
+    # what `transerve serve --sample` prints and counts, against versions on the live server
+    spec = find_spec(NAME, models_dir)
+    assert operate(capsys, "register", NAME, "3.0", "--workers", "1")[0] == 0
+    try:
+        wrong = cli.answer_samples([spec.version("1.0"), spec.version("3.0")], inference)
+        out = capsys.readouterr().out.splitlines()
+    finally:
+        assert operate(capsys, "unregister", NAME, "3.0")[0] == 0
+    assert wrong == 1 and len(out) == 5, out
+    good, bad = spec.version("1.0").samples[0].request, spec.version("3.0").samples[0].request
+    assert out[0].startswith(f"sample request to {NAME} (") and out[0].endswith(f"ms): {json.dumps(good)}")
+    assert out[1].startswith('answer: {"embeddings": [[') and '"dimensions": 384' in out[1]
+    assert out[2].endswith(f"ms): {json.dumps(bad)}") and '"dimensions": 384' in out[3]
+    assert out[4] == "FAILED: answer.dimensions: expected 512, got 384"
+
+
 def test_rollout_under_load_loses_no_request_and_switches_versions(torchserve, capsys, operate, management):
     with Load(torchserve) as load:
         code, out, err = operate(capsys, "rollout", NAME, "1.1")
