@@ -125,12 +125,6 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def keys_of(task: str) -> list[str]:
-    """The handler keys a spec of `task` may set."""
-    return [f.name for f in dataclasses.fields(HandlerConfig)
-            if f.name != "task" and task in TASK_KEYS.get(f.name, (task,))]
-
-
 @dataclass(frozen=True)
 class HandlerConfig:
     """What the handler needs to know beyond the model files; every key has a default."""

@@ -60,20 +60,6 @@ class Payload:
     stream: bool = False
     wire: Any = None  # the handlers.protocols.Protocol that read it and writes its answer
 
-    @property
-    def kserve_v1(self) -> bool:
-        """Came in KServe's V1 shape ({"instances": [...]}), to be answered in it."""
-        return getattr(self.wire, "name", None) == "kserve_v1"
-
-
-def __getattr__(name: str):
-    """The HF shape's decoder and keys, where they lived before handlers/protocols/hf.py."""
-    if name in ("decode", "TOP_LEVEL_KEYS", "EXAMPLE"):
-        from handlers.protocols import hf
-
-        return getattr(hf, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def read_body(row: Any, example: str) -> Any:
     """One TorchServe request row's body: parsed JSON (a dict, a list, ...) or text; bytes that

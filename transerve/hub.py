@@ -31,7 +31,6 @@ ALLOW_PATTERNS = [
     "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json", "2_Normalize/config.json",
 ]  # and a GGUF file only when a spec names it: a GGUF repository holds many quantizations of one model
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class HubError(ValueError):

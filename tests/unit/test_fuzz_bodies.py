@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handlers.payload import ROLES, TOP_LEVEL_KEYS
+from handlers.payload import ROLES
+from handlers.protocols.hf import TOP_LEVEL_KEYS
 from handlers.tasks import task_class
 from transerve.inprocess import LocalWorker
 from transerve.spec import find_spec

@@ -195,7 +195,7 @@ def test_ignore_eos_generates_the_whole_budget(worker):
 
 def rows_for(worker, bodies):
     """Decoder rows for request bodies, as the handler builds them (parse, then collate)."""
-    from handlers.payload import decode
+    from handlers.protocols.hf import decode
 
     task = worker.handler.task
     items = []

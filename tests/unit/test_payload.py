@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.payload import InputError, decode
+from handlers.payload import InputError
+from handlers.protocols.hf import decode
 
 
 def body(value):
@@ -85,5 +86,5 @@ def test_a_form_encoded_body_gets_415_saying_how_to_send_it():
 
 def test_kserve_v1_instances_decode_as_inputs():
     payload = decode(body({"instances": ["a", "b"], "parameters": {"top_k": 2}}), max_inputs=4, max_chars=100)
-    assert (payload.inputs, payload.single, payload.parameters, payload.kserve_v1) == (["a", "b"], False, {"top_k": 2}, True)
-    assert decode(body({"inputs": ["a"]}), max_inputs=4, max_chars=100).kserve_v1 is False
+    assert (payload.inputs, payload.single, payload.parameters, payload.wire.name) == (["a", "b"], False, {"top_k": 2}, "kserve_v1")
+    assert decode(body({"inputs": ["a"]}), max_inputs=4, max_chars=100).wire.name == "hf"
