@@ -190,7 +190,7 @@ def cmd_export(args) -> int:
 def cmd_stop(args) -> int:
     stop_helpers(Path(args.run_dir))
     stopped = stop_running()
-    (Path(args.run_dir) / "key_file.json").unlink(missing_ok=True)
+    RunDir(args.run_dir).key_file.unlink(missing_ok=True)
     print("TorchServe stopped" if stopped else "TorchServe was not running")
     return 0
 
