@@ -74,10 +74,11 @@ COPY scripts/setup.sh scripts/
 RUN if [ -n "${PIP_FIND_LINKS}" ]; then export PIP_FIND_LINKS; \
     else export PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}"; fi \
     && TRANSERVE_EXTRAS=models bash scripts/setup.sh
-# Preparation reads only the specs and these modules, so a change to the handlers or the CLI
-# keeps this layer and its minute of conversion.
+# Preparation reads only the specs and these modules (tests/unit/test_dockerfile.py prepares
+# from them alone), so a change to the handlers or the CLI keeps this layer and its minute of
+# conversion.
 COPY models/ models/
-COPY transerve/spec.py transerve/prepare.py transerve/
+COPY transerve/spec.py transerve/prepare.py transerve/detect.py transerve/hub.py transerve/
 COPY handlers/config.py handlers/
 COPY handlers/tasks/__init__.py handlers/tasks/
 RUN for model in ${MODELS}; do .venv/bin/python -m transerve.prepare "${model}"; done

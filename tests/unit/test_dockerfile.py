@@ -4,6 +4,7 @@ The image itself is built and run by scripts/test-image.sh with podman (tests/co
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -49,3 +50,38 @@ def test_the_image_runs_the_ci_install_script_and_the_entrypoint_script():
     ignored = (REPO / ".dockerignore").read_text().split()
     for path in (".venv", ".transerve", "model_store/*", "**/*.mar", "**/*.safetensors", ".git"):
         assert path in ignored
+
+
+# What the preparation step runs, with the code the build has copied by then and nothing else:
+# every shipped spec loaded (each version's task resolved), and the default version of
+# minilm-embed prepared as the image prepares it. The venv's editable install would find
+# the repository's own modules, so its finder is taken out first.
+PREPARE_ALONE = """
+import runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", type(f).__name__)]
+import transerve.spec
+assert transerve.spec.__file__.startswith(sys.argv[1]), transerve.spec.__file__
+transerve.spec.all_specs()
+sys.argv = ["transerve.prepare", "minilm-embed"]
+runpy.run_module("transerve.prepare", run_name="__main__")
+"""
+
+
+def test_the_preparation_layer_holds_what_preparation_imports(tmp_path):
+    """The archives stage prepares from a few copied files so that a code change elsewhere keeps
+    that layer; an import that reached past them (spec.py -> detect.py) broke the image build once."""
+    text = (REPO / "Dockerfile").read_text()
+    before = text[: text.index("python -m transerve.prepare")]
+    copies = [line.split()[1:] for line in before.splitlines() if line.startswith("COPY ") and "--from" not in line]
+    for *sources, target in copies:  # as Docker copies: a file into the folder, a folder's contents
+        for source in map(Path, sources):
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, tmp_path / target, dirs_exist_ok=True)
+            else:
+                (tmp_path / target).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / source, tmp_path / target / source.name)
+    assert not (tmp_path / "transerve" / "cli.py").exists()
+    done = subprocess.run([sys.executable, "-c", PREPARE_ALONE, str(tmp_path)], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("model"), done.stdout
