@@ -37,16 +37,14 @@ class TransformersHandler(BaseHandler):
         threads = configure_threads(self.cfg)
         self.task = task_class(self.cfg.task)()
         self.task.load(properties["model_dir"], self.cfg, self.device)
-        if self.task.streams:
-            self.task.emit = self.send_delta
         self.model_name = context.model_name
         self.wires: dict[int, Protocol] = {}  # this call's requests' protocols, by index
-        # TorchServe's continuous batching: one decode step per call (handlers/continuous.py)
+        # TorchServe's continuous batching: one decode step per call (handlers/generation/scheduler.py)
         self.scheduler = None
         if (context.model_yaml_config or {}).get("continuousBatching"):
             if self.cfg.task != "generation":
                 raise ValueError(f"continuousBatching is for generation; this model's task is {self.cfg.task}")
-            from handlers.continuous import ContinuousScheduler, cancel_id  # imports the generation task
+            from handlers.generation.scheduler import ContinuousScheduler, cancel_id  # imports the generation task
 
             self.cancel_id = cancel_id
 
@@ -83,7 +81,7 @@ class TransformersHandler(BaseHandler):
 
     def handle_step(self, data, context):
         """One call in continuous batching mode: parse the new requests, one decode step, one
-        reply per request with its stopping criterion (handlers/continuous.py)."""
+        reply per request with its stopping criterion (handlers/generation/scheduler.py)."""
         self.context = context
         ids = [context.request_ids[idx] for idx in range(len(data))]
         new, grpc, cancels = {}, set(), {}
@@ -149,7 +147,7 @@ class TransformersHandler(BaseHandler):
         inputs = sum(item.size for item in accepted)
         started = time.perf_counter()
         with torch.inference_mode():
-            outputs = self.task.forward(batch)
+            outputs = self.generate(batch) if self.task.streams else self.task.forward(batch)
         seconds = time.perf_counter() - started
         logger.info(
             "transerve: batch of %d requests (%d refused), %d inputs, forward %.1f ms",
@@ -253,11 +251,24 @@ class TransformersHandler(BaseHandler):
         properties = self.context.request_processor[idx].get_request_properties()
         return not any(isinstance(value, str) for value in properties.values())
 
-    def send_delta(self, item, text: str) -> None:
-        """Stream the next part of a request's text now, framed by its protocol, as a chunked
-        HTTP response part."""
-        idx = item.index
+    def generate(self, batch) -> list:
+        """Static batching's generation: decoded step by step, what each step streamed sent at once."""
+        for stepped in self.task.steps(batch):
+            if stepped.deltas:
+                self.send_deltas(stepped.deltas)
+        return batch.rows
+
+    def send_deltas(self, deltas) -> None:
+        """Stream the next part of each request's text now, framed by its protocol, as chunked
+        HTTP response parts (one message to the frontend for the step)."""
+        texts: dict[int, list[str]] = {}
+        items = {}
+        for delta in deltas:
+            item = delta.row.item
+            texts.setdefault(item.index, []).append(delta.text)
+            items[item.index] = item
         send_intermediate_predict_response(
-            {idx: item.payload.wire.delta(item, text)}, {idx: self.context.request_ids[idx]},
+            {idx: items[idx].payload.wire.delta(items[idx], "".join(parts)) for idx, parts in texts.items()},
+            {idx: self.context.request_ids[idx] for idx in texts},
             "Intermediate response", 200, self.context,
         )

@@ -1,7 +1,7 @@
 """Text generation: AutoModelForCausalLM, chat templates, sampling, stop strings, streaming.
 
 A TorchServe batch is generated together, not one request after another: its prompts
-become rows of one decoder (handlers/tasks/decoding.py), decoded a token at a time over
+become rows of one decoder (handlers/generation/decoder.py), decoded a token at a time over
 one KV cache, each with its own parameters, seed and stop strings; a finished row leaves
 the batch, so the rest run on a smaller batch. Unset parameters take the model's
 generation_config, as `generate` does.
@@ -13,17 +13,17 @@ import dataclasses
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from handlers.config import HandlerConfig, short
+from handlers.engines.torch import TorchLM, load_pretrained
+from handlers.generation.decoder import Decoder, Row, Stepped
 from handlers.payload import InputError, Payload
 from handlers.results import Generation
-from handlers.engines.torch import load_pretrained
 from handlers.tasks.base import Item, Task, Usage, load_tokenizer, model_max_length
-from handlers.tasks.decoding import Decoder, Row
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
@@ -79,17 +79,14 @@ class GenerationTask(Task):
     chat = True
     streams = True
 
-    def __init__(self):
-        # The handler points this at TorchServe's intermediate response: (request, new text).
-        self.emit: Callable[[Item, str], None] | None = None
-
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.tokenizer = load_tokenizer(model_dir, cfg)
         self.model = load_pretrained(AutoModelForCausalLM, model_dir, cfg, device)
-        self.max_length = model_max_length(self.tokenizer, self.model.config, cfg.max_length)
-        self.max_positions = getattr(self.model.config, "max_position_embeddings", None) or self.max_length + cfg.max_new_tokens
-        gen = self.model.generation_config
+        config, gen = self.model.config, self.model.generation_config
+        self.vocab_size = config.vocab_size
+        self.max_length = model_max_length(self.tokenizer, config, cfg.max_length)
+        self.max_positions = getattr(config, "max_position_embeddings", None) or self.max_length + cfg.max_new_tokens
         self.defaults = {
             "do_sample": bool(gen.do_sample),
             "temperature": gen.temperature if gen.temperature is not None else 1.0,
@@ -177,7 +174,7 @@ class GenerationTask(Task):
             max_new=max(1, min(max_new, self.max_positions - len(prompt))),
             sample=sample,
             temperature=p.temperature if p.temperature is not None else d["temperature"],
-            top_k=min(p.top_k if p.top_k is not None else (d["top_k"] or 0), self.model.config.vocab_size),
+            top_k=min(p.top_k if p.top_k is not None else (d["top_k"] or 0), self.vocab_size),
             top_p=p.top_p if p.top_p is not None else d["top_p"],
             repetition_penalty=p.repetition_penalty if p.repetition_penalty is not None else d["repetition_penalty"],
             stops=[p.stop] if isinstance(p.stop, str) else list(p.stop or []),
@@ -190,13 +187,18 @@ class GenerationTask(Task):
 
     def forward(self, batch: Prompts) -> list:
         """Static batching: every row admitted at once and decoded to its end."""
-        batch.started_at = time.perf_counter()
-        emit = self.emit  # TorchServe's intermediate response
-        return self.decoder(None if emit is None else lambda row, text: emit(row.item, text)).run(batch.rows)
+        for _ in self.steps(batch):
+            pass
+        return batch.rows
 
-    def decoder(self, emit: Callable[[Row, str], None] | None = None) -> Decoder:
-        """A decoder over this model; `emit(row, text)` gets each streamed part of a row's text."""
-        return Decoder(self.model, self.tokenizer, self.eos, self.pad_id, emit)
+    def steps(self, batch: Prompts) -> Iterator[Stepped]:
+        """Static batching, a step at a time (what each step streamed); the rows hold the answers."""
+        batch.started_at = time.perf_counter()
+        return self.decoder().steps(batch.rows)
+
+    def decoder(self) -> Decoder:
+        """A decoder over this model, with a KV cache of its own."""
+        return Decoder(TorchLM(self.model, self.pad_id), self.tokenizer, self.eos)
 
     def usage(self, batch: Prompts) -> Usage:
         rows = batch.rows

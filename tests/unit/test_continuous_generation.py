@@ -147,13 +147,13 @@ def test_a_prompt_past_the_budget_is_prefilled_a_chunk_a_step_while_the_others_d
         running = driver.submit({**SHORT, "parameters": {"max_new_tokens": 12}, "stream": True})
         driver.call()
         widths = []
-        forward = decoder.forward
+        forward = decoder.engine.forward_model  # the torch engine's model call
 
         def spy(ids, *args):
             widths.append(ids.shape)
             return forward(ids, *args)
 
-        decoder.forward = spy
+        decoder.engine.forward_model = spy
         long = driver.submit(LONG)
         steps = 0
         while decoder.prefilling is not None or not any(long.parts):
@@ -163,7 +163,7 @@ def test_a_prompt_past_the_budget_is_prefilled_a_chunk_a_step_while_the_others_d
             assert len(running.parts) == before + 1  # a token for the running row every call
             if steps == 1:
                 assert decoder.prefilling is not None and decoder.busy == 2
-        decoder.forward = forward
+        decoder.engine.forward_model = forward
         prompt = len(worker.handler.task.tokenizer(LONG["inputs"]).input_ids)
         prefills = [shape for shape in widths if shape[0] == 1 and shape[1] > 1]
         assert prompt > 8 and [w for _, w in prefills] == [8] * (prompt // 8) + ([prompt % 8] if prompt % 8 else [])

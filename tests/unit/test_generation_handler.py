@@ -191,7 +191,7 @@ def test_ignore_eos_generates_the_whole_budget(worker):
     assert (forced["details"]["finish_reason"], forced["details"]["generated_tokens"]) == ("length", 40)
 
 
-# The decoder (handlers/tasks/decoding.py): rows join and leave a running batch between steps.
+# The decoder (handlers/generation/decoder.py): rows join and leave a running batch between steps.
 
 def rows_for(worker, bodies):
     """Decoder rows for request bodies, as the handler builds them (parse, then collate)."""
@@ -217,7 +217,7 @@ def run_to_end(decoder, rows=(), joining=(), after: int = 0):
         decoder.step()
     decoder.admit(list(joining))
     with torch.inference_mode():
-        while decoder.rows:
+        while decoder.busy:
             decoder.step()
 
 
@@ -244,7 +244,7 @@ def test_evicting_a_row_leaves_the_others_unchanged(worker, reference):
         decoder.step()
         decoder.evict([rows[1]])
         assert decoder.rows == [rows[0], rows[2]]
-        while decoder.rows:
+        while decoder.busy:
             decoder.step()
     assert len(rows[1].tokens) == 2 and rows[1].finish is None
     for prompt, row in ((PROMPTS[0], rows[0]), (PROMPTS[2], rows[2])):
@@ -275,13 +275,15 @@ def test_a_batch_that_never_empties_keeps_only_the_positions_its_rows_use(worker
         for body in bodies:
             decoder.admit(rows_for(worker, [body]))
             for _ in range(3):
-                finished += decoder.step()
-            widest = max(widest, decoder.mask.shape[1])
-            need = max(len(r.prompt) + len(r.tokens) for r in decoder.rows) if decoder.rows else 0
-            assert decoder.mask.shape[1] <= need + 1  # +1: the chosen token not yet fed back
-            assert all(layer.keys.shape[-2] == decoder.mask.shape[1] for layer in decoder.cache.layers) or not decoder.rows
-        while decoder.rows:
-            finished += decoder.step()
+                finished += decoder.step().finished
+            kv = decoder.engine  # the torch engine's cache and mask
+            if decoder.rows:
+                widest = max(widest, kv.mask.shape[1])
+                need = max(len(r.prompt) + len(r.tokens) for r in decoder.rows)
+                assert kv.mask.shape[1] <= need  # the chosen token is fed at the next step
+                assert all(layer.keys.shape[-2] == kv.mask.shape[1] for layer in kv.cache.layers)
+        while decoder.busy:
+            finished += decoder.step().finished
     assert len(finished) == len(bodies)
     longest = len(tokenizer(PROMPTS[3]).input_ids) + 9
     assert widest <= longest, (widest, longest)  # without trimming: ~27 steps past the first prompt

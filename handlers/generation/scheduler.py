@@ -24,10 +24,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from handlers.config import short
+from handlers.generation.decoder import Row, Stepped, end
 from handlers.payload import InputError
 from handlers.protocols import Ready, render
 from handlers.tasks.base import Item
-from handlers.tasks.decoding import Row, end
 from handlers.tasks.generation import GenerationTask, Prompts
 
 RETRY_AFTER_SECONDS = 1  # what a 429 (max_waiting reached) asks the client to wait
@@ -39,7 +39,7 @@ class Running:
 
     item: Item
     rows: list[Row]
-    chunks: list[str] = field(default_factory=list)
+    chunks: list[str] = field(default_factory=list)  # streamed text not sent yet (the protocol frames it)
     replies: int = 0
     arrived: float = field(default_factory=time.perf_counter)
 
@@ -77,16 +77,12 @@ class ContinuousScheduler:
 
     def __init__(self, task: GenerationTask):
         self.task, self.cfg = task, task.cfg
-        self.decoder = task.decoder(self._collect)
+        self.decoder = task.decoder()
         self.requests: dict[str, Running] = {}  # by TorchServe's request id
         self.waiting: deque[str] = deque()
-        self.owner: dict[int, Running] = {}  # id(row) -> its request, for streamed parts
+        self.owner: dict[Row, Running] = {}  # row -> its request, for streamed parts
         self.evicted = 0  # rows dropped because their client went away, in all
         self.last = Step()
-
-    def _collect(self, row: Row, text: str) -> None:
-        item = self.owner[id(row)].item
-        self.owner[id(row)].chunks.append(item.payload.wire.delta(item, text))
 
     def iterate(self, ids: list[str], new: dict[int, Item | InputError], grpc: set[int],
                 cancels: dict[int, str] | None = None) -> list[Reply]:
@@ -114,18 +110,21 @@ class ContinuousScheduler:
                 replies[idx] = refused
         self.admit()
         if self.decoder.busy:
-            stepping = self.decoder.active
-            before = [len(r.tokens) for r in stepping]
-            ended = self.decoder.step()
-            self.last.ended["timeout"] += sum(r.finish == "timeout" for r in ended)
-            self.last.generated = sum(len(r.tokens) - n for r, n in zip(stepping, before))
-            self.last.first_token_seconds = [row.first_token_at - self.owner[id(row)].arrived
-                                             for row, n in zip(stepping, before) if n == 0 and row.tokens]
-            self.last.per_token_seconds = [r.per_token_seconds for r in ended if r.per_token_seconds is not None]
+            self.collect(self.decoder.step())
         for idx, rid in enumerate(ids):
             if idx not in replies:
                 replies[idx] = self.reply(rid)
         return [replies[idx] for idx in range(len(ids))]
+
+    def collect(self, stepped: Stepped) -> None:
+        """A step's streamed text to its requests, and its counts to the metrics."""
+        for delta in stepped.deltas:
+            self.owner[delta.row].chunks.append(delta.text)
+        self.last.ended["timeout"] += sum(r.finish == "timeout" for r in stepped.finished)
+        self.last.generated += len(stepped.decoded)
+        self.last.first_token_seconds += [row.first_token_at - self.owner[row].arrived
+                                          for row in stepped.decoded if len(row.tokens) == 1]
+        self.last.per_token_seconds += [r.per_token_seconds for r in stepped.finished if r.per_token_seconds is not None]
 
     def forget(self, gone: set[str]) -> None:
         """Requests the frontend dropped (their clients disconnected) leave the decoder."""
@@ -139,7 +138,7 @@ class ContinuousScheduler:
                 self.evicted += len(live)
                 self.last.ended["disconnected"] += len(live)
             for row in running.rows:
-                self.owner.pop(id(row), None)
+                self.owner.pop(row, None)
 
     def accept(self, rid: str, item: Item) -> Reply | None:
         prompts = self.task.collate([item])
@@ -154,7 +153,7 @@ class ContinuousScheduler:
             return Reply("", None, refused)
         running = Running(item, prompts.rows)
         for row in running.rows:
-            self.owner[id(row)] = running
+            self.owner[row] = running
         self.requests[rid] = running
         self.waiting.append(rid)
         return None
@@ -217,14 +216,22 @@ class ContinuousScheduler:
         first, stream = running.replies == 0, streamed(running.item)
         running.replies += 1
         if not running.done:
-            body = "".join(running.chunks) if stream else ""
-            running.chunks.clear()
+            body = self.deltas(running) if stream else ""
             return Reply(body, False, content_type=stream)
         del self.requests[rid]
         for row in running.rows:
-            self.owner.pop(id(row), None)
-        body = "".join(running.chunks) + render(self.task, running.item, running.rows)
+            self.owner.pop(row, None)
+        body = self.deltas(running) + render(self.task, running.item, running.rows)
         return Reply(body, None if first else True, content_type=stream, inputs=running.item.size)
+
+    @staticmethod
+    def deltas(running: Running) -> str:
+        """The text streamed since the last reply, framed by the request's protocol ("" if none)."""
+        if not running.chunks:
+            return ""
+        text = "".join(running.chunks)
+        running.chunks.clear()
+        return running.item.payload.wire.delta(running.item, text)
 
 
 def streamed(item: Item) -> str | None:
