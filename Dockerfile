@@ -13,6 +13,25 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # Where pip finds torch; the CPU wheels are a fraction of the CUDA ones' size.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
+# --- llama: llama-cpp-python's wheel, built from its source package (PyPI has no wheel) for any
+# x86-64 with AVX2, not for the build machine's CPU. A stage of its own: only a change to its
+# script rebuilds these minutes of C++, and the compilers stay out of the image ---
+FROM ${BASE_IMAGE} AS llama
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# The compilers and CMake, and a Python with venv where the base image has none (a CUDA one).
+# Versions are the base image's own.
+# hadolint ignore=DL3008
+RUN packages=(gcc g++ cmake ninja-build); \
+    python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3 python3-venv); \
+    apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/llama
+COPY scripts/build-llama.sh scripts/
+RUN python3 -m venv venv \
+    && wheel=$(PYTHON=venv/bin/python TRANSERVE_WHEEL_CACHE=cache bash scripts/build-llama.sh --portable) \
+    && mkdir wheels && cp "${wheel}" wheels/
+
 # --- base: Python, the user, and transerve's run-time dependencies (layers a code change keeps) ---
 FROM ${BASE_IMAGE} AS base
 ARG TORCH_INDEX_URL
@@ -34,12 +53,16 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# A CUDA base image has no Python with venv; the slim Python image has both. Versions
-# are the base image's own, so they are not pinned here.
+# A CUDA base image has no Python with venv; the slim Python image has both. libgomp1 is the
+# OpenMP runtime that llama.cpp's libraries link, absent from minimal images. Versions are the
+# base image's own, so they are not pinned here.
 # hadolint ignore=DL3008
-RUN if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
+RUN packages=(); \
+    python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3 python3-venv); \
+    ldconfig -p | grep -q 'libgomp\.so\.1 ' || packages+=(libgomp1); \
+    if [ ${#packages[@]} -gt 0 ]; then \
         apt-get update \
-        && apt-get install -y --no-install-recommends python3 python3-venv \
+        && apt-get install -y --no-install-recommends "${packages[@]}" \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && groupadd --gid 10001 transerve \
@@ -50,16 +73,18 @@ WORKDIR /opt/transerve
 # Dependencies first: the install script and what it reads. The editable install finds the
 # packages' code when it lands.
 COPY pyproject.toml README.md ./
-COPY scripts/setup.sh scripts/
+COPY scripts/setup.sh scripts/build-llama.sh scripts/
 COPY transerve/__init__.py transerve/
 COPY handlers/__init__.py handlers/
+# Only the portable wheel from the llama stage; setup.sh installs it and builds nothing.
+COPY --from=llama /opt/llama/wheels/ /opt/llama-wheels/
 # PIP_FIND_LINKS: a local wheelhouse mounted into the build (podman build -v DIR:/wheels:ro
 # --build-arg PIP_FIND_LINKS=/wheels) that holds the CPU torch wheel; then the torch index is
 # not asked (it need not be reachable), and the rest comes from the base image's pip index.
 ARG PIP_FIND_LINKS=""
 RUN if [ -n "${PIP_FIND_LINKS}" ]; then export PIP_FIND_LINKS; \
     else export PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}"; fi \
-    && TRANSERVE_EXTRAS="" bash scripts/setup.sh \
+    && TRANSERVE_LLAMA_WHEELS=/opt/llama-wheels TRANSERVE_EXTRAS="" bash scripts/setup.sh \
     && rm -rf /var/lib/apt/lists/* /root/.cache
 
 # --- archives: the models prepared (smollm2-chat's GGUF converted) and archived ---
@@ -73,7 +98,7 @@ ARG PIP_FIND_LINKS=""
 COPY scripts/setup.sh scripts/
 RUN if [ -n "${PIP_FIND_LINKS}" ]; then export PIP_FIND_LINKS; \
     else export PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}"; fi \
-    && TRANSERVE_EXTRAS=models bash scripts/setup.sh
+    && TRANSERVE_LLAMA_WHEELS=/opt/llama-wheels TRANSERVE_EXTRAS=models bash scripts/setup.sh
 # Preparation reads only the specs and these modules (tests/unit/test_dockerfile.py prepares
 # from them alone), so a change to the handlers or the CLI keeps this layer and its minute of
 # conversion.
