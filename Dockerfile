@@ -106,6 +106,9 @@ COPY models/ models/
 COPY transerve/spec.py transerve/prepare.py transerve/detect.py transerve/hub.py transerve/
 COPY handlers/config.py handlers/
 COPY handlers/tasks/__init__.py handlers/tasks/
+# smollm2-chat's default runs on llama.cpp: its preparation proves the GGUF with the worker's engine.
+COPY handlers/engines/__init__.py handlers/engines/llamacpp.py handlers/engines/
+COPY handlers/generation/ handlers/generation/
 RUN for model in ${MODELS}; do .venv/bin/python -m transerve.prepare "${model}"; done
 COPY . .
 RUN for model in ${MODELS}; do .venv/bin/transerve archive "${model}"; done

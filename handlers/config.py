@@ -122,6 +122,7 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "max_waiting": ("generation",),
     "prefill_tokens": ("generation",),
     "max_timeout": ("generation",),
+    "step_budget_ms": ("generation",),
 }
 
 
@@ -154,6 +155,11 @@ class HandlerConfig:
     prefill_tokens: int = 256
     # generation: the longest parameters.timeout a request may ask for, in seconds
     max_timeout: int = 600
+    # generation under continuous batching: a call from TorchServe runs decode steps until this many
+    # milliseconds have passed (at least one step), so a fast engine pays the frontend's round trip
+    # once for several tokens; a request arriving meanwhile waits that long at most to join. 0: one
+    # step a call.
+    step_budget_ms: int = 0
     # Input limits, checked before anything reaches the model.
     max_inputs_per_request: int = 64
     max_chars_per_input: int = 20_000
@@ -161,12 +167,14 @@ class HandlerConfig:
     # batch runs as micro-batches of rows sorted by length, so long inputs go in small
     # calls and short ones in big calls, each padded only to its own longest. None: one call.
     max_batch_tokens: Optional[int] = None
-    # torch intra-op threads for this worker; None leaves torch's default.
+    # torch intra-op threads for this worker (engine llamacpp: llama.cpp's threads, torch gets one);
+    # None leaves torch's default (llama.cpp: every core).
     threads: Optional[int] = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # What runs the encoder's forward pass: transformers' model in torch, or ONNX Runtime on
-    # a graph exported at preparation time and proved against torch (transerve.prepare).
-    engine: Literal["torch", "onnxruntime"] = "torch"
+    # What runs the network: transformers' model in torch; for the encoders, ONNX Runtime on a
+    # graph exported at preparation time and proved against torch; for generation, llama.cpp on
+    # the source's GGUF file as it ships (transerve.prepare proves it against transformers).
+    engine: Literal["torch", "onnxruntime", "llamacpp"] = "torch"
     # CPU only, opt-in: int8 dynamic quantization of the Linear layers (weights int8,
     # activations quantized on the fly). Faster on CPU and close, not equal, to float32:
     # bench/results reports the agreement. Ignored on a GPU.
@@ -186,6 +194,8 @@ class HandlerConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 yield key, f"expected a positive integer, got {value!r}"
+        if not 0 <= self.step_budget_ms <= 1000:
+            yield "step_budget_ms", f"expected 0 to 1000 milliseconds, got {self.step_budget_ms!r}"
         if self.engine == "onnxruntime":
             if self.task == "generation":
                 yield "engine", ("onnxruntime runs the encoder tasks (embedding, classification, token_classification); "
@@ -194,6 +204,13 @@ class HandlerConfig:
                 yield "quantize", "int8 dynamic quantization is a torch engine option: remove quantize, or set engine: torch"
             elif self.dtype != "float32":
                 yield "dtype", f"the ONNX graph is exported in float32; dtype is {self.dtype}: remove dtype, or set engine: torch"
+        if self.engine == "llamacpp":
+            if self.task != "generation":
+                yield "engine", f"llamacpp runs generation from a GGUF file; this model's task is {self.task}: remove engine"
+            elif self.quantize:
+                yield "quantize", "a GGUF file carries its own quantization: remove quantize, or set engine: torch"
+            elif self.dtype != "float32":
+                yield "dtype", f"llama.cpp computes in the GGUF file's own types; dtype is {self.dtype}: remove dtype"
         if self.quantize and self.dtype != "float32":
             yield "quantize", f"int8 quantization starts from float32 weights; dtype is {self.dtype}"
         if self.default_max_new_tokens > self.max_new_tokens:

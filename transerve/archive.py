@@ -72,6 +72,11 @@ def _model_files(source: Path, mv: ModelVersion) -> list[Path]:
         if p.is_file() and p.name not in SKIPPED and "__pycache__" not in p.parts
         and (p.suffix not in PICKLED or pickles_allowed)
     ]
+    if mv.handler.engine == "llamacpp":  # a prepared directory: the GGUF file as it ships, no torch weights
+        files = [p for p in files if p.suffix != ".safetensors"]
+        if sum(p.suffix == ".gguf" for p in files) != 1:
+            raise SpecError(f"{mv.spec_file}: source: engine llamacpp needs one GGUF file in {source}")
+        return files
     if mv.handler.engine == "onnxruntime":  # a prepared directory: the graph, no torch weights
         if not any(p.suffix == ".onnx" for p in files):
             raise SpecError(f"{mv.spec_file}: source: no ONNX graph in {source}")

