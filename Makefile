@@ -49,8 +49,8 @@ bench-engines: setup
 bench-gpu:
 	bash bench/gpu.sh
 
-# Generation under load (bench/continuous.py): smollm2-chat 1.0 (static batching) against 2.0
-# (continuous batching), closed and open loop, beside raw model.generate; bench/results/CONTINUOUS.md.
+# Generation under load (bench/continuous.py): smollm2-chat 3.0 (llama.cpp) against 2.0 (torch),
+# closed and open loop, each beside its engine in-process; bench/results/CONTINUOUS.md.
 bench-generation: setup
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/continuous.py

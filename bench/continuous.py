@@ -1,12 +1,16 @@
-"""Generation under load: static batching (smollm2-chat 1.0) against continuous batching (2.0).
+"""Generation under load: smollm2-chat 3.0 (llama.cpp on the shipped GGUF) against 2.0 (torch),
+both under continuous batching, each beside its own engine run in-process without a server.
 
-    make bench-generation          # or: .venv/bin/python bench/continuous.py [--quick]
+    make bench-generation          # or: .venv/bin/python bench/continuous.py [--quick] [--static]
 
 One run, on one real TorchServe (loopback, token auth on), in this order:
-  1. the raw reference, in-process: `model.generate` on a static batch of 16 prompts and on
-     one prompt, 64 new tokens each (the batch of 16 again beside each 16-stream point and
-     at the end);
-  2. for each version, registered alone (1.0 static batching, then 2.0 continuous batching):
+  1. the raw references, in-process: `model.generate` (torch, the float32 weights 2.0 serves)
+     and llama.cpp itself (llama-cpp-python's low-level API on the same GGUF file and threads as
+     3.0: one llama_batch a step, greedy by argmax), each on one prompt and on a batch of 16
+     prompts (16 sequences), 64 new tokens each, prefill included (llama.cpp's decode-only rate
+     beside it); measured again right before and after each served point, since this machine's
+     speed drifts by 10-20 % over minutes;
+  2. for each version, registered alone (2.0, then 3.0; with --static 1.0 first):
      - closed loop: 1 stream, then 16 concurrent streams of 64 tokens (the prompts of 1.);
      - a late short request: 6 streams of 200 tokens running, then an 8-token request;
      - open loop: Poisson arrivals at each rate for a fixed time, mixed prompts (a question
@@ -46,7 +50,8 @@ from transerve.spec import find_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 NAME = "smollm2-chat"
-SYSTEMS = (("static batching", "1.0"), ("continuous batching", "2.0"))
+STATIC = ("static batching", "1.0")
+SYSTEMS = (("torch", "2.0"), ("llama.cpp", "3.0"))  # continuous batching both
 RATES = (0.5, 1.0, 1.5, 2.0)  # requests per second
 OUTPUTS = ((16, 0.4), (64, 0.4), (160, 0.2))  # (new tokens, share): 64 tokens on average
 LONG_PROMPT_SHARE = 0.3
@@ -105,6 +110,76 @@ class Raw:
     def reference(self, repeats: int) -> dict:
         return {"batch_16_tokens_per_s": self.tokens_per_s(16, repeats), "one_tokens_per_s": self.tokens_per_s(1, repeats),
                 "repeats": repeats, "prefill_ms": {str(n): self.prefill_ms(n) for n in (40, 300, 512)}}
+
+
+class LlamaRaw:
+    """llama.cpp itself on the GGUF file 3.0 serves, in-process, no server: llama-cpp-python's
+    low-level API, one context of `rows` sequences (not unified, as 3.0 runs it), one llama_batch
+    a step holding every sequence's token, greedy by numpy's argmax of the logits."""
+
+    def __init__(self, gguf: Path, tokenizer_dir: Path, threads: int, rows: int = 16):
+        import ctypes
+
+        import llama_cpp as L
+        import numpy as np
+        from transformers import AutoTokenizer
+
+        self.L, self.np, self.threads = L, np, threads
+        self._quiet = L.llama_log_callback(lambda level, text, user: None)
+        L.llama_log_set(self._quiet, ctypes.c_void_p(0))
+        L.llama_backend_init()
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.model = L.llama_model_load_from_file(str(gguf).encode(), L.llama_model_default_params())
+        self.vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        params = L.llama_context_default_params()
+        params.n_seq_max, params.n_ctx = rows, rows * 512
+        params.n_batch = params.n_ubatch = 512
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified, params.no_perf = False, True
+        self.ctx = L.llama_init_from_model(self.model, params)
+        self.batch = L.llama_batch_init(512, 0, 1)
+
+    def prompts(self, n: int) -> list[list[int]]:
+        texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": GEN_PROMPTS[i % len(GEN_PROMPTS)]}],
+                                                    add_generation_prompt=True, tokenize=False) for i in range(n)]
+        return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        batch = self.batch
+        for i, (token, position, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, position, 1, logits
+            batch.seq_id[i][0] = seq
+        batch.n_tokens = len(entries)
+        if self.L.llama_decode(self.ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def run(self, n: int, new: int = 64) -> dict:
+        """n sequences, prefilled then decoded `new` tokens each: tokens/s with the prefill, and
+        the decode steps' alone."""
+        L, np = self.L, self.np
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        prompts = self.prompts(n)
+        started = time.perf_counter()
+        entries = [(token, p, seq, p == len(ids) - 1) for seq, ids in enumerate(prompts) for p, token in enumerate(ids)]
+        logits = []
+        for begin in range(0, len(entries), 512):  # a prompt's last token may fall in any of the batches
+            part = entries[begin:begin + 512]
+            self.decode(part)
+            wanted = sum(e[3] for e in part)
+            if wanted:
+                logits.append(np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(wanted, self.vocab)).argmax(-1))
+        tokens = np.concatenate(logits)
+        decoding = time.perf_counter()
+        for step in range(new - 1):
+            self.decode([(int(tokens[seq]), len(prompts[seq]) + step, seq, True) for seq in range(n)])
+            tokens = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(n, self.vocab)).argmax(-1)
+        ended = time.perf_counter()
+        return {"tokens_per_s": round(n * new / (ended - started), 2),
+                "decode_tokens_per_s": round(n * (new - 1) / (ended - decoding), 2)}
+
+    def best(self, n: int, repeats: int) -> dict:
+        runs = [self.run(n) for _ in range(repeats)]
+        return max(runs, key=lambda r: r["tokens_per_s"])
 
 
 # --- one request, streamed ----------------------------------------------------------------
@@ -287,46 +362,60 @@ def summarize(rate: float, seconds: float, sent: int, answers: list[Answer], beg
 def main(argv: list[str] | None = None) -> int:
     top = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     top.add_argument("--quick", action="store_true", help="short points, to try the benchmark")
+    top.add_argument("--static", action="store_true", help="also 1.0 (static batching), against 2.0")
     top.add_argument("--out", default=str(RESULTS))
     args = top.parse_args(argv)
-    # closed loop: 1 stream, then 16 for longer (a request of 64 tokens takes ~7 s at 16 rows)
-    seconds, closed = (15.0, (8.0, 8.0)) if args.quick else (45.0, (15.0, 30.0))
+    # closed loop: 1 stream, then 16 for longer (a request of 64 tokens takes seconds at 16 rows)
+    seconds, closed = (15.0, (8.0, 10.0)) if args.quick else (45.0, (20.0, 30.0))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "command": " ".join(["continuous.py", *(argv or sys.argv[1:])]),
+            "cpu_flags": cpu_flags(), "torch": torch.__version__, "llama_cpp_python": llama_version(),
+            "command": " ".join(["continuous.py", *(argv if argv is not None else sys.argv[1:])]),
             "load": {"rates": RATES, "seconds": seconds, "outputs": OUTPUTS, "long_prompt_share": LONG_PROMPT_SHARE,
                      "abandon_share": ABANDON_SHARE, "drain_s": DRAIN}}
     spec = find_spec(NAME)
-    versions = {label: spec.version(version) for label, version in SYSTEMS}
+    systems = ((STATIC,) if args.static else ()) + SYSTEMS
+    versions = {label: spec.version(version) for label, version in systems}
     store = REPO / ".transerve" / "bench" / "model_store"
     store.mkdir(parents=True, exist_ok=True)
     for mv in versions.values():
         archive.build(mv, store, log=print)
 
-    print("raw model.generate (in-process) ...", flush=True)
     repeats = 1 if args.quick else 2
-    raw = Raw(model_dir(versions["static batching"]))
-    results = {"meta": meta, "raw": raw.reference(repeats)}
+    print("raw references (in-process) ...", flush=True)
+    torch_raw = Raw(model_dir(versions["torch"]))
+    llama_mv = versions["llama.cpp"]
+    llama_dir = model_dir(llama_mv)
+    llama_threads = llama_mv.handler.threads or os.cpu_count() or 1
+    llama_raw = LlamaRaw(next(llama_dir.glob("*.gguf")), llama_dir, llama_threads)
+    raw = {"torch": lambda n: {"tokens_per_s": torch_raw.tokens_per_s(n, repeats)},
+           "llama.cpp": lambda n: llama_raw.best(n, repeats)}
+    results = {"meta": meta, "raw": {"torch": torch_raw.reference(repeats),
+                                     "llama.cpp": {"threads": llama_threads, "one": llama_raw.best(1, repeats),
+                                                   "batch_16": llama_raw.best(16, repeats)}}}
     print(f"  {json.dumps(results['raw'])}", flush=True)
     results["systems"] = {}
     with Bench(store, REPO / ".transerve" / "bench" / "run") as bench:
         for label, mv in versions.items():
             served = bench.register(mv.archive_name, mv.runtime.minWorkers)
             url = f"{bench.url(NAME)}/{mv.version}"
-            system = {"version": mv.version, "runtime": {**served, "continuousBatching": bool(mv.runtime.continuousBatching)},
+            system = {"version": mv.version, "engine": mv.handler.engine,
+                      "runtime": {**served, "continuousBatching": bool(mv.runtime.continuousBatching)},
                       "handler": {"max_running": mv.handler.max_running, "max_waiting": mv.handler.max_waiting,
-                                  "prefill_tokens": mv.handler.prefill_tokens}}
-            system["closed"] = {"1": closed_loop(bench, url, 1, closed[0])}
-            # The machine's speed drifts by 10-20 % over minutes: the raw batch of 16 is measured
-            # right before and right after the 16 streams, and their ratio divides by the mean.
-            before = raw.tokens_per_s(16, repeats)
-            system["closed"]["16"] = closed_loop(bench, url, 16, closed[1])
-            system["raw_batch_16_beside"] = [before, raw.tokens_per_s(16, repeats)]
-            for n, point in system["closed"].items():
-                print(f"  {label}: {n:>2} streams {point['tokens_per_s']:7.1f} tokens/s, between chunks p50 "
-                      f"{point['between_chunks_ms']['p50']} ms, errors {point['errors']}", flush=True)
+                                  "prefill_tokens": mv.handler.prefill_tokens, "step_budget_ms": mv.handler.step_budget_ms,
+                                  "threads": mv.handler.threads},
+                      "closed": {}, "raw_beside": {}}
+            engine = "llama.cpp" if mv.handler.engine == "llamacpp" else "torch"
+            for n, duration in zip((1, 16), closed):
+                before = raw[engine](n)
+                system["closed"][str(n)] = closed_loop(bench, url, n, duration)
+                system["raw_beside"][str(n)] = [before, raw[engine](n)]
+                point = system["closed"][str(n)]
+                print(f"  {label}: {n:>2} streams {point['tokens_per_s']:7.1f} tokens/s (raw {engine} "
+                      f"{before['tokens_per_s']} before, {system['raw_beside'][str(n)][1]['tokens_per_s']} after), "
+                      f"between chunks p50 {point['between_chunks_ms']['p50']} ms, errors {point['errors']}", flush=True)
             system["late_short"] = late_short(bench, url)
             print(f"  {label}: late short request {json.dumps(system['late_short'])}", flush=True)
             system["open"] = []
@@ -340,14 +429,6 @@ def main(argv: list[str] | None = None) -> int:
             bench.management.unregister(NAME, mv.version)
             results["systems"][label] = system
             write(out / "continuous.json", results)
-    # The machine's speed drifts over a run: raw again now, and the ratios divide by the
-    # higher of the two, so that a slow minute during the first cannot flatter the server.
-    print("raw model.generate again (in-process, after the served points) ...", flush=True)
-    again = raw.tokens_per_s(16, repeats)
-    first = results["raw"]
-    first["batch_16_tokens_per_s_before"], first["batch_16_tokens_per_s_after"] = first["batch_16_tokens_per_s"], again
-    first["batch_16_tokens_per_s"] = max(first["batch_16_tokens_per_s"], again)
-    print(f"  batch of 16: {again} tokens/s", flush=True)
     meta["seconds"] = round(time.perf_counter() - began, 1)
     write(out / "continuous.json", results)
     (out / "CONTINUOUS.md").write_text(markdown(results))
@@ -355,37 +436,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cpu_flags() -> str:
+    """The vector extensions this CPU has (a speed-up measured here holds for this kind of CPU only)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return ""
+    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags)
+
+
+def llama_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
 # --- the report ---------------------------------------------------------------------------
 
-def targets(results: dict) -> list[tuple[str, str, str, bool]]:
-    old, new = results["systems"]["static batching"], results["systems"]["continuous batching"]
-    rows = []
-    served, beside = new["closed"]["16"]["tokens_per_s"], new["raw_batch_16_beside"]
-    raw = sum(beside) / 2
-    highest = results["raw"]["batch_16_tokens_per_s"]
-    rows.append(("16 concurrent streams: continuous batching tokens/s / raw static batch of 16 (measured just before "
-                 "and after)", ">= 0.8",
-                 f"{served / raw:.2f} ({served:.0f} / {raw:.0f} tokens/s, raw {beside[0]:.0f} before and {beside[1]:.0f} "
-                 f"after; against the run's highest raw, {highest:.0f}: {served / highest:.2f})", served / raw >= 0.8))
-    # the rates the old design could not sustain: its queue grew (first token of the last
-    # third of arrivals over 2 x the first third's) or requests were left unanswered
-    def grew(point: dict) -> bool:
-        return (point["first_token_ms_last_third_p50"] or 0) > 2 * (point["first_token_ms_first_third_p50"] or 1) \
-            or point["unanswered"] > 0
+def raw_mean(system: dict, n: str, key: str = "tokens_per_s") -> float:
+    before, after = system["raw_beside"][n]
+    return (before[key] + after[key]) / 2
 
-    for o, n in zip(old["open"], new["open"]):
-        if not grew(o):
-            continue
-        ratio = o["first_token_ms"]["p99"] / n["first_token_ms"]["p99"]
-        also = f"; continuous batching's queue grew too, {n['refused']} refused" if grew(n) else ""
-        rows.append((f"{o['rate']} req/s (static batching's queue grew): first token p99, static / continuous", ">= 5",
-                     f"{ratio:.1f} ({o['first_token_ms']['p99']:.0f} / {n['first_token_ms']['p99']:.0f} ms{also})",
-                     ratio >= 5))
-    late = new["late_short"]
-    rows.append(("a late short request finishes while long streams run (continuous batching)",
-                 "long streams still running", f"{late['long_running_when_short_answered']} of 6 still running, short in "
-                 f"{late['short_ms']:.0f} ms (static batching: {old['late_short']['short_ms']:.0f} ms)",
-                 late["long_running_when_short_answered"] > 0))
+
+def targets(results: dict) -> list[tuple[str, str, str, bool]]:
+    systems = results["systems"]
+    new, old = systems["llama.cpp"], systems["torch"]
+    rows = []
+    for n, name in (("1", "one served stream"), ("16", "16 concurrent streams")):
+        served, raw = new["closed"][n]["tokens_per_s"], raw_mean(new, n)
+        decode = raw_mean(new, n, "decode_tokens_per_s")
+        beside = new["raw_beside"][n]
+        rows.append((f"{name} on 3.0: tokens/s / llama.cpp in-process ({'one sequence' if n == '1' else 'a 16-sequence batch'}, "
+                     "64 tokens, prefill included; measured just before and after)", ">= 0.8",
+                     f"{served / raw:.2f} ({served:.0f} / {raw:.0f} tokens/s: {beside[0]['tokens_per_s']:.0f} before, "
+                     f"{beside[1]['tokens_per_s']:.0f} after); against llama.cpp's decode steps alone ({decode:.0f}): "
+                     f"{served / decode:.2f}", served / raw >= 0.8))
+    lowest_new, lowest_old = new["open"][0], old["open"][0]
+    ratio = lowest_new["first_token_ms"]["p50"] / lowest_old["first_token_ms"]["p50"]
+    rows.append((f"first token p50 at {lowest_new['rate']} req/s (open loop), 3.0 / 2.0", "<= 0.5",
+                 f"{ratio:.2f} ({lowest_new['first_token_ms']['p50']:.0f} / {lowest_old['first_token_ms']['p50']:.0f} ms)",
+                 ratio <= 0.5))
+    served, raw = old["closed"]["1"]["tokens_per_s"], raw_mean(old, "1")
+    rows.append(("one served stream on 2.0 (torch): tokens/s / in-process model.generate (informative)", "",
+                 f"{served / raw:.2f} ({served:.1f} / {raw:.1f} tokens/s)", True))
+    for label in systems:
+        late = systems[label]["late_short"]
+        rows.append((f"a late short request finishes while long streams run ({label})", "long streams still running",
+                     f"{late['long_running_when_short_answered']} of 6 still running, short in {late['short_ms']:.0f} ms",
+                     late["long_running_when_short_answered"] > 0))
     return rows
 
 
@@ -393,34 +494,42 @@ def markdown(results: dict) -> str:
     meta, raw, systems = results["meta"], results["raw"], results["systems"]
     load = meta["load"]
     lines = [
-        "# Generation under load: static against continuous batching",
+        "# Generation under load: llama.cpp (3.0) and torch (2.0), served and in-process",
         "",
-        f"`{meta['command']}` on {meta['date']}: {meta['cpus']} CPUs ({meta['machine']}), torch {meta['torch']}, "
-        f"{meta.get('seconds', 0):.0f} s in all. Every figure below comes from this one run, on one TorchServe, "
-        f"smollm2-chat {' and '.join(s['version'] for s in systems.values())} registered one after the other.",
+        f"`{meta['command']}` on {meta['date']}: {meta['cpus']} CPUs ({meta['machine']}; {meta['cpu_flags']}), torch "
+        f"{meta['torch']}, llama-cpp-python {meta['llama_cpp_python']}, {meta.get('seconds', 0):.0f} s in all. Every "
+        f"figure below comes from this one run, on one TorchServe, smollm2-chat "
+        f"{', '.join(s['version'] for s in systems.values())} registered one after the other. Ratios hold for this "
+        "machine in this run only.",
         "",
         "## Targets", "", "| target | goal | reached | met |", "| --- | --- | --- | --- |",
     ]
     for name, goal, reached, met in targets(results):
-        lines.append(f"| {name} | {goal} | {reached} | {'yes' if met else '**no**'} |")
+        lines.append(f"| {name} | {goal} | {reached} | {'yes' if met else '**no**'}{'' if goal else ' (no target)'} |")
+    t, l = raw["torch"], raw["llama.cpp"]
     lines += [
-        "", "## Raw reference (in-process `model.generate`, 64 new tokens)", "",
-        f"Static batch of 16: {raw['batch_16_tokens_per_s']} tokens/s, the higher of {raw['batch_16_tokens_per_s_before']} "
-        f"before the served points and {raw['batch_16_tokens_per_s_after']} after them (each the best of {raw['repeats']}); "
-        f"one prompt: {raw['one_tokens_per_s']} tokens/s. One prompt's prefill (a forward pass, best of 4): "
-        + ", ".join(f"{n} tokens {ms} ms" for n, ms in raw["prefill_ms"].items()) + ".",
-        "", "## Closed loop: streams of 64 tokens, each client sending its next request when answered", "",
-        "x raw: against the raw batch of 16 measured just before and after the 16 streams (mean).",
+        "", "## In-process references (no server), 64 new tokens", "",
+        "| engine | one prompt, tokens/s | 16 prompts, tokens/s | decode steps alone: one / 16 |",
+        "| --- | --- | --- | --- |",
+        f"| torch `model.generate` (float32 weights, 2.0's) | {t['one_tokens_per_s']} | {t['batch_16_tokens_per_s']} | |",
+        f"| llama.cpp, {l['threads']} threads (the GGUF, 3.0's) | {l['one']['tokens_per_s']} | {l['batch_16']['tokens_per_s']} "
+        f"| {l['one']['decode_tokens_per_s']} / {l['batch_16']['decode_tokens_per_s']} |",
         "",
-        "| system | streams | tokens/s | x raw batch of 16 | first chunk p50 ms | p99 ms | between chunks p50 ms | p99 ms | errors |",
+        "Each served point below has its engine's reference measured again just before and after it (best of "
+        f"{t['repeats']}); the ratios use their mean. torch prefill, one prompt (a forward pass, best of 4): "
+        + ", ".join(f"{n} tokens {ms} ms" for n, ms in t["prefill_ms"].items()) + ".",
+        "", "## Closed loop: streams of 64 tokens, each client sending its next request when answered", "",
+        "| system | streams | tokens/s | x in-process (before, after) | first chunk p50 ms | p99 ms | between chunks p50 ms "
+        "| p99 ms | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, s in systems.items():
-        beside = sum(s["raw_batch_16_beside"]) / 2
         for n, p in s["closed"].items():
-            lines.append(f"| {label} | {n} | {p['tokens_per_s']} | {p['tokens_per_s'] / beside:.2f} | "
-                         f"{p['first_chunk_ms']['p50']} | {p['first_chunk_ms']['p99']} | {p['between_chunks_ms']['p50']} | "
-                         f"{p['between_chunks_ms']['p99']} | {p['errors']} |")
+            beside = s["raw_beside"][n]
+            lines.append(f"| {label} {s['version']} | {n} | {p['tokens_per_s']} | {p['tokens_per_s'] / raw_mean(s, n):.2f} "
+                         f"({beside[0]['tokens_per_s']}, {beside[1]['tokens_per_s']}) | {p['first_chunk_ms']['p50']} | "
+                         f"{p['first_chunk_ms']['p99']} | {p['between_chunks_ms']['p50']} | {p['between_chunks_ms']['p99']} "
+                         f"| {p['errors']} |")
     lines += [
         "", "## A late short request", "",
         "6 streams of 200 tokens run; once each has its first chunk, an 8-token request is sent.", "",
@@ -429,7 +538,7 @@ def markdown(results: dict) -> str:
     ]
     for label, s in systems.items():
         late = s["late_short"]
-        lines.append(f"| {label} | {late['short_ms']} | {late['long_running_when_short_answered']} of 6 | "
+        lines.append(f"| {label} {s['version']} | {late['short_ms']} | {late['long_running_when_short_answered']} of 6 | "
                      f"{late['longs_end_after_short_s']} |")
     lines += [
         "", "## Open loop: Poisson arrivals", "",
@@ -448,29 +557,18 @@ def markdown(results: dict) -> str:
     for i in range(len(load["rates"])):
         for label, s in systems.items():
             p = s["open"][i]
-            lines.append(f"| {label} | {p['rate']} | {p['sent']} | {p['completed']} | {p['abandoned']} | {p['refused']} | "
-                         f"{p['errors']} | {p['unanswered']} | {p['first_token_ms']['p50']} | {p['first_token_ms']['p99']} | "
-                         f"{p['first_token_ms_first_third_p50']} | {p['first_token_ms_last_third_p50']} | "
-                         f"{p['per_token_ms']['p50']} | {p['per_token_ms']['p99']} | {p['between_chunks_ms']['p99']} | "
-                         f"{p['longest_gap_ms']} | {p['completed_tokens_per_s']} |")
-    budget = systems["continuous batching"]["handler"]["prefill_tokens"]
-    gaps = {label: max(p["longest_gap_ms"] for p in s["open"]) for label, s in systems.items()}
+            lines.append(f"| {label} {s['version']} | {p['rate']} | {p['sent']} | {p['completed']} | {p['abandoned']} | "
+                         f"{p['refused']} | {p['errors']} | {p['unanswered']} | {p['first_token_ms']['p50']} | "
+                         f"{p['first_token_ms']['p99']} | {p['first_token_ms_first_third_p50']} | "
+                         f"{p['first_token_ms_last_third_p50']} | {p['per_token_ms']['p50']} | {p['per_token_ms']['p99']} | "
+                         f"{p['between_chunks_ms']['p99']} | {p['longest_gap_ms']} | {p['completed_tokens_per_s']} |")
+    budgets = {label: s["handler"]["step_budget_ms"] for label, s in systems.items()}
     lines += [
-        "", "## What a prefill costs the running streams", "",
-        f"Continuous batching prefills at most {budget} prompt tokens a step (a longer prompt a chunk of {budget} "
-        f"a step), so a running stream waits about one decode step plus at most that prefill for its next token "
-        f"(the raw prefill times above). The longest gap a "
-        f"completed stream saw between two chunks in the open loop: {gaps['continuous batching']} ms continuous, "
-        f"{gaps['static batching']} ms static.",
-    ]
-    gap = {n: {label: s["closed"][n]["between_chunks_ms"]["p50"] for label, s in systems.items()} for n in ("1", "16")}
-    lines += [
-        "", "## The cost of a round trip per step", "",
-        "Under continuous batching every decode step is a call from TorchServe's frontend to the worker and back; "
-        "under static batching (and in TorchServe's async worker) the worker loops by itself. Between chunks p50, "
-        "continuous against static: " + "; ".join(
-            f"{n} stream{'s' if n != '1' else ''} {g['continuous batching']} against {g['static batching']} ms "
-            f"({g['continuous batching'] - g['static batching']:+.1f} ms)" for n, g in gap.items()) + ".",
+        "", "## How the calls are spent", "",
+        "Under continuous batching every call from TorchServe's frontend to the worker is a round trip; a call runs "
+        "decode steps until `step_budget_ms` has passed, or a row got its first token, or an answer ended "
+        f"({', '.join(f'{label}: {b} ms' for label, b in budgets.items())}). So a chunk carries the tokens of one call, "
+        "and between chunks is a call, not a token.",
         "",
     ]
     return "\n".join(lines)
