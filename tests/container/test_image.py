@@ -96,8 +96,9 @@ def test_the_metrics_port_serves_the_handlers_metrics(container):
 
 def test_the_openai_gateway_answers_on_its_published_port(container):
     url = f"http://127.0.0.1:{container['ports']['openai']}/v1/embeddings"
-    answer = requests.post(url, json={"model": "minilm-embed", "input": ["a"], "encoding_format": "float"},
-                           headers=container["headers"], timeout=60)
+    # `transerve run` starts the gateway once every model has a READY worker: until then its port is closed
+    answer = wait_until(lambda: requests.post(url, json={"model": "minilm-embed", "input": ["a"], "encoding_format": "float"},
+                                              headers=container["headers"], timeout=60), 120, "the OpenAI gateway")
     assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 384
     assert requests.post(url, json={"model": "minilm-embed", "input": "a"}, timeout=30).status_code == 401
 
@@ -117,7 +118,9 @@ def test_no_registration_gets_in(container):
               "try:\n    urllib.request.urlopen(request, timeout=30); print('200')\n"
               "except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode()[:200])\n")
     said = podman("exec", NAME, "/opt/transerve/.venv/bin/python", "-c", script).stdout
-    assert said.split()[0] in ("400", "403", "404", "405"), said
+    # TorchServe 0.12 with enable_model_api=false: POST /models is not a method it serves
+    # (ManagementRequestHandler throws MethodNotAllowedException): 405, nothing else
+    assert said.split()[0] == "405" and "MethodNotAllowedException" in said, said
 
 
 def test_a_killed_worker_is_replaced(container):
