@@ -7,7 +7,9 @@ class: TorchServe instantiates the only class it finds.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 import time
 from collections import Counter
 
@@ -17,6 +19,8 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.config import HandlerConfig
 from handlers.device import configure_threads, pick_device
+from handlers.generation.decoder import end
+from handlers.generation.requeued import StreamMarks
 from handlers.metrics import HandlerMetrics
 from handlers.payload import InputError
 from handlers.protocols import Protocol, Ready, for_route, render
@@ -25,6 +29,11 @@ from handlers.tasks import task_class
 from handlers.tasks.base import Item
 
 logger = logging.getLogger(__name__)
+
+# The operator's key for POST .../<version>/drain: `transerve serve` gives its TorchServe one, in
+# the environment the workers inherit, and keeps it in its run directory for the rollout.
+DRAIN_KEY_ENV = "TRANSERVE_DRAIN_KEY"
+DRAIN_KEY_HEADER = "x-transerve-drain-key"
 
 
 class TransformersHandler(BaseHandler):
@@ -38,6 +47,7 @@ class TransformersHandler(BaseHandler):
         self.task = task_class(self.cfg.task)()
         self.task.load(properties["model_dir"], self.cfg, self.device)
         self.model_name = context.model_name
+        self.marks = StreamMarks(os.path.join(properties["model_dir"], ".transerve-streams"))
         self.wires: dict[int, Protocol] = {}  # this call's requests' protocols, by index
         # TorchServe's continuous batching: one decode step per call (handlers/generation/scheduler.py)
         self.scheduler = None
@@ -75,16 +85,37 @@ class TransformersHandler(BaseHandler):
         return item
 
     def handle(self, data, context):
-        if self.scheduler is None:
+        if self.scheduler is not None:
+            return self.handle_step(data, context)
+        self.count_in_flight(len(data))
+        try:
             return super().handle(data, context)
-        return self.handle_step(data, context)
+        finally:
+            self.count_in_flight(0)
+            for idx in range(len(data)):
+                self.marks.ended(context.request_ids[idx])
+
+    def count_in_flight(self, requests: int) -> None:
+        """What this worker holds now, for a rollout's drain (transerve/rollout.py)."""
+        self.metrics.emit("transerve_requests_in_flight", requests, os.getpid())
+
+    def drain_allowed(self, idx: int) -> None:
+        """A drain ends every request of this version: the operator's alone (the key `transerve
+        serve` put in the workers' environment), else 403."""
+        expected = os.environ.get(DRAIN_KEY_ENV, "")
+        headers = self.context.request_processor[idx].get_request_properties()
+        given = next((str(v) for k, v in headers.items() if str(k).lower() == DRAIN_KEY_HEADER), "")
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise InputError("a drain ends every request of this version: it takes the operator's drain key "
+                             f"(header {DRAIN_KEY_HEADER}, from the run directory of `transerve serve`)",
+                             status=403, reason="forbidden")
 
     def handle_step(self, data, context):
         """One call in continuous batching mode: parse the new requests, one decode step, one
         reply per request with its stopping criterion (handlers/generation/scheduler.py)."""
         self.context = context
         ids = [context.request_ids[idx] for idx in range(len(data))]
-        new, grpc, cancels = {}, set(), {}
+        new, grpc, cancels, drains, requeued = {}, set(), {}, set(), set()
         self.wires = {}
         for idx, row in enumerate(data):
             if ids[idx] in self.scheduler.requests:
@@ -92,21 +123,36 @@ class TransformersHandler(BaseHandler):
             if self.came_over_grpc(idx):
                 grpc.add(idx)
             try:
-                if context.get_request_header(idx, "url_path") == "cancel":
+                path = context.get_request_header(idx, "url_path")
+                if path == "cancel":
                     cancels[idx] = self.cancel_id(row)
                     continue
+                if path == "drain":
+                    self.drain_allowed(idx)
+                    drains.add(idx)
+                    continue
                 item = self.parse(idx, row)
+                if isinstance(item, Item) and self.marks.elsewhere(ids[idx]):
+                    requeued.add(idx)
             except InputError as e:
                 item = e
             new[idx] = item
+        for rid in self.marks.held - set(ids):  # dropped by the frontend: their clients went away
+            self.marks.ended(rid)
         with torch.inference_mode():
-            replies = self.scheduler.iterate(ids, new, grpc, cancels)
+            replies = self.scheduler.iterate(ids, new, grpc, cancels, drains, requeued)
         outcomes: Counter[tuple] = Counter()
         for idx, reply in enumerate(replies):
             self.end_grpc_stream(idx)
+            if idx in requeued:
+                reply.ends = True  # the chunks before were sent by the worker that stopped
+            if reply.ends is False:
+                self.marks.begun(ids[idx])
+            else:
+                self.marks.ended(ids[idx])
             if reply.error is not None:
                 reply.body = self.refuse(idx, reply.error, outcomes)
-                if reply.error.status == 429:
+                if reply.error.status in (429, 503):
                     context.set_response_header(idx, "Retry-After", str(self.scheduler.retry_after))
                 continue
             if reply.content_type:
@@ -117,6 +163,7 @@ class TransformersHandler(BaseHandler):
         if inputs := sum(reply.inputs for reply in replies if reply.error is None):
             self.metrics.emit("transerve_inputs_total", inputs)
         self.count_step(self.scheduler)
+        self.count_in_flight(len(self.scheduler.requests))
         context.stopping_criteria = [lambda _answer, ends=reply.ends: ends for reply in replies]
         return [reply.body for reply in replies]
 
@@ -133,11 +180,25 @@ class TransformersHandler(BaseHandler):
                 continue
             if isinstance(item, Item) and item.payload.stream:
                 self.context.set_response_content_type(idx, item.payload.wire.stream_content_type)
+                if self.marks.elsewhere(self.context.request_ids[idx]):
+                    item = self.end_requeued(idx, item)
             items.append(item)
         accepted = [item for item in items if isinstance(item, Item)]
         batch = self.task.collate(accepted)
         self.metrics.emit("transerve_preprocess_seconds", time.perf_counter() - started)
         return items, batch
+
+    def end_requeued(self, idx: int, item: Item) -> Item | Ready:
+        """A stream another worker began, handed here when TorchServe scaled that worker down
+        (handlers/generation/requeued.py): its last chunk at once, finish_reason "cancelled"."""
+        logger.info("transerve: stream %s was begun by a worker that stopped: ended, cancelled", self.context.request_ids[idx])
+        prompts = self.task.collate([item])
+        if item.error is not None:
+            return item  # refused as any other
+        for row in prompts.rows:
+            end(row, "cancelled")
+        self.context.set_response_header(idx, "ts_stream_next", "false")  # the chunks before were sent elsewhere
+        return Ready(render(self.task, item, prompts.rows))
 
     def inference(self, data, *args, **kwargs):
         items, batch = data
@@ -267,6 +328,8 @@ class TransformersHandler(BaseHandler):
             item = delta.row.item
             texts.setdefault(item.index, []).append(delta.text)
             items[item.index] = item
+        for idx in texts:
+            self.marks.begun(self.context.request_ids[idx])
         send_intermediate_predict_response(
             {idx: items[idx].payload.wire.delta(items[idx], "".join(parts)) for idx, parts in texts.items()},
             {idx: self.context.request_ids[idx] for idx in texts},

@@ -44,6 +44,9 @@ METRICS = {
                                            "Continuous batching: from a request's arrival to its rows joining the running batch"),
     "transerve_generation_rows_evicted_total": (COUNTER, "count", ["reason"],
                                                 "Continuous batching: rows that left before their end (reason: disconnected, timeout, cancelled)"),
+    "transerve_requests_in_flight": (GAUGE, "count", ["worker"],
+                                     "Requests a worker holds (the batch it runs; under continuous batching, those decoding "
+                                     "or waiting for a row), by worker pid: a rollout drains a version until its live workers hold none"),
     "transerve_worker_info": (GAUGE, "count", ["device"], "1 per loaded worker, labelled with the device it runs on"),
     "transerve_worker_loads_total": (COUNTER, "count", ["device"],
                                      "Worker loads: one per start, so a rise without scaling means workers restart"),

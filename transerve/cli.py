@@ -20,10 +20,10 @@ from handlers.config import ConfigError
 from transerve import archive, deploy, metrics_api
 from transerve.management import ApiError, InferenceClient, ManagementClient
 from transerve.prepare import PrepareError
-from transerve.rollout import History, RolloutError, Rollouts
+from transerve.rollout import History, RolloutError, Rollouts, drain
 from transerve.rundir import RunDir
 from transerve.server import CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, clients, running_pid, stop_helpers, stop_running
-from transerve.spec import MODELS_DIR, all_specs, find_spec
+from transerve.spec import MODELS_DIR, ONE_WORKER, SpecError, all_specs, find_spec
 from transerve.validate import run_samples, served, validate
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
@@ -265,8 +265,10 @@ def cmd_register(args) -> int:
     mv = find_spec(args.name, Path(args.models_dir)).version(args.version)
     record = archive.build(mv, Path(args.model_store), log=lambda line: None if args.json else print(line),
                            refuse_tampered=True)
-    management, _ = _clients(args)
     workers = mv.runtime.minWorkers if args.workers is None else args.workers
+    if mv.runtime.continuousBatching and workers > 1:
+        raise SpecError(f"{mv.name} {mv.version}: --workers {workers}: {ONE_WORKER}")
+    management, _ = _clients(args)
     message = management.register(mv.archive_name, initial_workers=workers, timeout=mv.runtime.startupTimeout + 60)
     [status] = management.describe(mv.name, mv.version)
     return _done(args, {
@@ -277,9 +279,31 @@ def cmd_register(args) -> int:
     })
 
 
+def _drain_before_stopping(args, management, inference, version: str | None) -> None:
+    """Stopping every worker of a version that holds requests would cut them (TorchServe 0.12 puts
+    their jobs back in a queue no worker takes): drain it first, as a rollout does."""
+    if version is None:
+        version = next(s.version for s in management.describe(args.name) if s.is_default)
+    try:
+        spec = find_spec(args.name, Path(args.models_dir))
+    except SpecError:
+        spec = None  # registered from elsewhere: the longest bound, and the drain route tried
+    drain(management, inference, Path(args.run_dir), spec, version, args.drain_timeout, print, name=args.name)
+
+
 def cmd_scale(args) -> int:
-    management, _ = _clients(args)
+    management, inference = _clients(args)
     maximum = args.max_workers if args.max_workers is not None else args.workers
+    if maximum > 1:
+        version = args.version or next(s.version for s in management.describe(args.name) if s.is_default)
+        try:
+            continuous = find_spec(args.name, Path(args.models_dir)).version(version).runtime.continuousBatching
+        except SpecError:
+            continuous = False  # registered from elsewhere: TorchServe decides
+        if continuous:
+            raise SpecError(f"{args.name} {version}: {maximum} workers: {ONE_WORKER}")
+    if args.workers == 0 and maximum == 0:
+        _drain_before_stopping(args, management, inference, args.version)
     management.scale(args.name, args.workers, maximum, version=args.version)
     [status] = management.describe(args.name, args.version) if args.version else [
         s for s in management.describe(args.name) if s.is_default
@@ -293,7 +317,8 @@ def cmd_scale(args) -> int:
 
 
 def cmd_unregister(args) -> int:
-    management, _ = _clients(args)
+    management, inference = _clients(args)
+    _drain_before_stopping(args, management, inference, args.version)
     message = management.unregister(args.name, args.version)
     return _done(args, {"model": args.name, "version": args.version, "message": message})
 
@@ -308,7 +333,7 @@ def _rollouts(args) -> Rollouts:
     management, inference = _clients(args)
     return Rollouts(
         management, inference, Path(args.model_store), Path(args.run_dir), log=print,
-        drain_seconds=args.drain_seconds, keep=args.keep,
+        drain_timeout=args.drain_timeout, keep=args.keep,
     )
 
 
@@ -411,6 +436,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="default: the default version")
     p.add_argument("--workers", type=int, required=True, help="minimum workers (0 stops them all)")
     p.add_argument("--max-workers", type=int, help="maximum workers (default: --workers)")
+    p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                   help="scaling to 0: how long the version may go on answering what it holds before the rest is ended")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_scale)
 
@@ -420,9 +447,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", type=int, help="GPU id to load on, as TorchServe would assign it (default: CPU)")
     p.set_defaults(run=cmd_validate)
 
-    p = verbs.add_parser("unregister", help="unregister one version of a model")
+    p = verbs.add_parser("unregister", help="unregister one version of a model (drained first)")
     p.add_argument("name")
     p.add_argument("version")
+    p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                   help="how long the version may go on answering what it holds before the rest is ended")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_unregister)
 
@@ -439,8 +468,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--canary", action="store_true",
                            help="stop after the smoke test; the version answers at /predictions/NAME/VERSION only")
         p.add_argument("--keep", type=int, default=2, help="versions kept registered for rollback (default 2)")
-        p.add_argument("--drain-seconds", type=float, default=3.0,
-                       help="wait after the old version's queue is empty, for its running batch (default 3)")
+        p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                       help="how long the old version may go on answering what it holds before what is left is ended "
+                            "(default: its spec's max_timeout for generation, responseTimeout otherwise)")
         p.set_defaults(run={"rollout": cmd_rollout, "promote": cmd_promote, "rollback": cmd_rollback}[verb])
     return top
 

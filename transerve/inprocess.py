@@ -289,10 +289,11 @@ class ContinuousDriver:
         self.worker, self.batch_size = worker, batch_size
         self.jobs: list[Job] = []
 
-    def submit(self, body: Any, grpc: bool = False, path: str | None = None) -> Job:
-        """A request: over gRPC, or over REST with `path` after the version (url_path)."""
+    def submit(self, body: Any, grpc: bool = False, path: str | None = None, headers: dict | None = None) -> Job:
+        """A request: over gRPC, or over REST with `path` after the version (url_path) and any
+        other HTTP `headers`."""
         content_type, data = _as_request(body, "application/json")
-        headers = None if grpc else ({"url_path": path} if path else {})
+        headers = None if grpc else {**({"url_path": path} if path else {}), **(headers or {})}
         job = Job(str(uuid.uuid4()), content_type, data, headers)  # TorchServe's ids are UUIDs too
         self.jobs.append(job)
         return job

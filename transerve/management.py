@@ -192,6 +192,12 @@ class ManagementClient(_Api):
 
 
 class InferenceClient(_Api):
+    def drain(self, name: str, version: str, drain_key: str, timeout: float | None = None) -> dict:
+        """End every request a continuous-batching version holds (finish_reason "cancelled"), and have it
+        refuse new ones with 503 (the handler's drain route; `drain_key` from the run directory)."""
+        return self._call("POST", f"/predictions/{name}/{version}/drain", json={},
+                          headers={"X-Transerve-Drain-Key": drain_key}, timeout=timeout).json()
+
     def predict(self, name: str, body: Any, version: str | None = None, timeout: float | None = None) -> Any:
         """POST a JSON body (or text) to /predictions/NAME[/VERSION]; returns the parsed answer."""
         path = f"/predictions/{name}/{version}" if version else f"/predictions/{name}"

@@ -10,9 +10,15 @@ rollback: the previous default (kept registered, at zero workers) is scaled up, 
 
 TorchServe routes each request to a version when it arrives, so after set-default the old
 version only holds what it had already accepted: its queue (the management API's
-pendingRequests) and the batch its workers are running. Scaling a worker down interrupts
-its batch (those requests get 500 "Worker scaled down."), so draining waits for an empty
-queue and then a grace period longer than a batch takes, before scaling down.
+pendingRequests) and what its workers hold: the batch they run, and under continuous batching
+every request decoding or waiting for a row, which TorchServe's queue no longer counts.
+Scaling a worker down cuts those: TorchServe 0.12 puts their jobs back in the version's queue,
+where no worker will take them, and their clients wait until their own timeout. So the drain
+waits until the queue is empty and the version's live workers hold nothing (the handler's
+transerve_requests_in_flight gauge, per worker pid, on the metrics API), bounded by the old
+version's max_timeout (generation) or responseTimeout. If the bound passes, the handler's drain
+route ends what is left (a last chunk with finish_reason "cancelled"; new requests to that
+version get 503), and only then is the version scaled down.
 
 The order of defaults is kept in <run dir>/rollouts.json: TorchServe does not remember
 which version was default before, and rollback needs to know.
@@ -29,7 +35,9 @@ from pathlib import Path
 
 from transerve import archive
 from transerve.management import ApiError, InferenceClient, ManagementClient, ModelVersionStatus
-from transerve.spec import ModelSpec, ModelVersion
+from transerve.metrics_api import scrape
+from transerve.rundir import RunDir
+from transerve.spec import ModelSpec, ModelVersion, SpecError
 from transerve.validate import run_samples, served
 from transerve.waiting import wait_until
 
@@ -81,7 +89,7 @@ class Rollouts:
     store: Path
     run_dir: Path
     log: object = print
-    drain_seconds: float = 3.0  # after the old version's queue is empty: longer than one batch takes
+    drain_timeout: float | None = None  # None: the old version's max_timeout (generation) or responseTimeout
     keep: int = 2  # versions kept registered (current + previous) for rollback
     _count: int = 0
 
@@ -167,7 +175,7 @@ class Rollouts:
         if old is None:
             return
         with self._step(f"drain {old}"):
-            self._drain(spec.name, old)
+            self._drain(spec, old)
         with self._step(f"scale {old} to 0 workers"):
             self.management.scale(spec.name, 0, 0, version=old)
         kept = history.of(spec.name)[-self.keep:]
@@ -207,22 +215,8 @@ class Rollouts:
                 raise RolloutError("smoke", f"sample {result.index}: {'; '.join(result.problems[:3])}")
             self.log(f"    sample {result.index} ok ({result.ms:.0f} ms)")
 
-    def _drain(self, name: str, version: str, timeout: float = 120) -> None:
-        queued = [0]
-
-        def empty() -> bool:
-            [status] = self.management.describe(name, version)
-            queued[0] = status.pending_requests
-            return status.pending_requests == 0
-
-        wait_until(empty, timeout, lambda: RolloutError(
-            "drain", f"{name} {version} still has {queued[0]} queued requests after {timeout:.0f}s; it keeps its workers"),
-            interval=0.1)
-        time.sleep(self.drain_seconds)  # the batch its workers were running when the queue emptied
-        [status] = self.management.describe(name, version)
-        if status.pending_requests:
-            raise RolloutError("drain", f"{name} {version} took new requests while draining; it keeps its workers")
-        self.log(f"    queue empty, waited {self.drain_seconds:g}s for running batches")
+    def _drain(self, spec: ModelSpec, version: str) -> None:
+        drain(self.management, self.inference, self.run_dir, spec, version, self.drain_timeout, self.log)
 
     def _undo_register(self, name: str, version: str, old: str | None) -> str:
         try:
@@ -264,3 +258,79 @@ class Rollouts:
                 raise
             raise RolloutError(name, str(e)) from None
         self.log(f"[{self._count}] {name} done in {time.monotonic() - started:.1f}s")
+
+
+def drain(management: ManagementClient, inference: InferenceClient, run_dir: Path, spec: ModelSpec | None, version: str,
+          bound: float | None = None, log=print, name: str | None = None) -> None:
+    """Wait until `version` holds no request (queued, or held by a live worker), at most `bound`
+    seconds (None: the spec's max_timeout for generation, responseTimeout otherwise; 600 without a
+    spec); past it, end what it still holds through the handler's drain route. RolloutError when it
+    cannot: then the version keeps its workers. Before any scale-down or unregistration that would
+    stop workers holding requests: TorchServe 0.12 would cut them."""
+    name = name or spec.name
+    limit, continuous = 600.0, True
+    try:
+        mv = spec.version(version) if spec is not None else None
+    except SpecError:
+        mv = None  # a version the spec no longer lists: the longest generation bound, and try the route
+    if mv is not None:
+        continuous = bool(mv.runtime.continuousBatching)
+        limit = float(mv.handler.max_timeout if mv.task == "generation" else mv.runtime.responseTimeout)
+    bound = limit if bound is None else bound
+    held = {"queued": 0, "running": 0, "workers": 0}
+
+    def idle() -> bool:
+        held.update(_held(management, run_dir, name, version))
+        return held["queued"] == 0 and held["running"] == 0
+
+    def settled() -> bool:
+        if not idle():
+            return False
+        time.sleep(0.5)  # a request the frontend was handing to a worker shows in its gauge by then
+        return idle()
+
+    started = time.monotonic()
+    try:
+        wait_until(settled, bound, TimeoutError, interval=0.2)
+    except TimeoutError:
+        if not continuous:
+            raise RolloutError("drain", f"{name} {version} still holds {held['queued']} queued and {held['running']} "
+                               f"running requests after {bound:.0f}s; it keeps its workers") from None
+        log(f"    {held['running']} requests still running and {held['queued']} queued after {bound:.0f}s: "
+            "ending them (finish_reason cancelled)")
+        key = RunDir(run_dir).drain_key()
+        if key is None:
+            raise RolloutError("drain", f"no drain key in {run_dir} (TorchServe was not started by transerve serve); "
+                               f"{name} {version} keeps its workers") from None
+        # TorchServe hands each drain request to one worker: one per worker, until none holds anything
+        for _ in range(3 * max(1, held["workers"])):
+            try:
+                log(f"    drained: {inference.drain(name, version, key)['drained']}")
+            except ApiError as e:
+                raise RolloutError("drain", f"the drain route of {name} {version} refused: {e}; "
+                                   "it keeps its workers") from None
+            try:
+                wait_until(idle, 10, TimeoutError, interval=0.2)
+                break
+            except TimeoutError:
+                continue
+        if not idle():
+            raise RolloutError("drain", f"{name} {version} still holds {held['running']} requests after its drain; "
+                               "it keeps its workers")
+    log(f"    nothing queued or running after {time.monotonic() - started:.1f}s")
+
+
+def _held(management: ManagementClient, run_dir: Path, name: str, version: str) -> dict:
+    """What `version` holds now: queued (TorchServe's pendingRequests) and running (the in-flight
+    gauge of each of its live workers, read from the metrics API)."""
+    [status] = management.describe(name, version)
+    pids = {str(w.pid) for w in status.workers}
+    try:
+        samples = scrape(RunDir(run_dir).address("metrics"))
+    except (OSError, ValueError, KeyError) as e:
+        raise RolloutError("drain", f"cannot read what {name} {version} still runs from the metrics API ({e}); "
+                           "it keeps its workers") from None
+    running = sum(s.value for s in samples if s.name == "transerve_requests_in_flight"
+                  and s.labels.get("model_name") == name and s.labels.get("model_version") == version
+                  and s.labels.get("worker") in pids)
+    return {"queued": status.pending_requests, "running": int(running), "workers": len(pids)}

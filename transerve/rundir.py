@@ -56,6 +56,18 @@ class RunDir:
     def log_dir(self) -> Path:
         return self.path / "logs"
 
+    @property
+    def drain_key_file(self) -> Path:
+        """The key of the handler's drain route (mode 600), which TorchServe's workers get in their
+        environment (TRANSERVE_DRAIN_KEY) from `transerve serve`."""
+        return self.path / "drain_key"
+
+    def drain_key(self) -> str | None:
+        try:
+            return self.drain_key_file.read_text().strip() or None
+        except OSError:
+            return None
+
     def started(self) -> bool:
         return self.config_file.exists()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -150,8 +151,12 @@ class Server:
 
     def environment(self) -> dict[str, str]:
         env = {**os.environ, "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir)}
-        # Workers are python processes started by the Java frontend: give them this venv.
+        # Workers are python processes started by the Java frontend: give them this venv, and the
+        # operator's key for the handler's drain route (a rollout's: handlers/handler.py).
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        key = self.rundir.drain_key()
+        if key:
+            env["TRANSERVE_DRAIN_KEY"] = key
         return env
 
     def prepare(self) -> None:
@@ -167,6 +172,11 @@ class Server:
         self.model_store.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self.key_file.unlink(missing_ok=True)
+        key_file = self.rundir.drain_key_file
+        key_file.unlink(missing_ok=True)
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
 
     def start(self, timeout: float = 120) -> None:
         """Start TorchServe in the background and wait until it answers /ping."""

@@ -264,12 +264,22 @@ def _check_handler_keys(section: Any, task: str, where: str, said: bool = True) 
             raise SpecError(f"{where}.{key}: a key of {owners} only; this model's task is {task}: remove it")
 
 
+# Seen on a live TorchServe 0.12: with two workers, the idle one holds the version's queue lock
+# while it waits for a request (Model.pollInferJob), and the busy one, which takes that lock
+# between two decode calls, stops with its streams until a new request comes.
+ONE_WORKER = ("continuous batching runs one worker per version: TorchServe 0.12's idle worker holds the version's "
+              "queue lock while it waits for a request, and the other's streams stop until one comes. Scale out "
+              "with more servers (replicas) instead")
+
+
 def _check_continuous(mv: ModelVersion, where: str) -> None:
     if not mv.runtime.continuousBatching:
         return
     if mv.handler.task != "generation":
         raise SpecError(f"{where}: runtime.continuousBatching: only generation decodes step by step; "
                         f"this version's task is {mv.handler.task}")
+    if mv.runtime.maxWorkers > 1:
+        raise SpecError(f"{where}: runtime.maxWorkers: {mv.runtime.maxWorkers}; {ONE_WORKER}")
     room = mv.handler.max_running + mv.handler.max_waiting
     if mv.runtime.batchSize <= room:
         raise SpecError(

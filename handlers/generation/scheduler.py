@@ -89,12 +89,16 @@ class ContinuousScheduler:
         self.owner: dict[Row, Running] = {}  # row -> its request, for streamed parts
         self.evicted = 0  # rows dropped because their client went away, in all
         self.last = Step()
+        self.draining = False  # drained: new requests get 503 until the worker goes
 
     def iterate(self, ids: list[str], new: dict[int, Item | InputError], grpc: set[int],
-                cancels: dict[int, str] | None = None) -> list[Reply]:
+                cancels: dict[int, str] | None = None, drains: set[int] | None = None,
+                requeued: set[int] | None = None) -> list[Reply]:
         """One call: `ids` this call's request ids by position; `new` the parsed requests seen
         for the first time (or why they are refused), `grpc` the positions that came over gRPC,
-        `cancels` the positions that ask to cancel a request, with its id."""
+        `cancels` the positions that ask to cancel a request, with its id, `drains` those that ask
+        to end every request (the operator's, before this version's workers go), `requeued` the new
+        streams another worker began (handlers/generation/requeued.py): ended at once, cancelled."""
         started = time.perf_counter()
         self.last = Step()
         self.forget(set(self.requests) - set(ids))
@@ -106,6 +110,8 @@ class ContinuousScheduler:
                 refused = InputError(f"no running request with id {short(rid)}: it ended, or never ran on this worker",
                                      status=404, reason="unknown_request")
                 replies[idx] = Reply("", None, refused)
+        for idx in drains or ():
+            replies[idx] = Reply(json.dumps({"drained": self.drain()}), None)
         whole = []  # gRPC requests: answered in one piece, in this call
         for idx, item in new.items():
             if isinstance(item, InputError):
@@ -114,6 +120,8 @@ class ContinuousScheduler:
                 replies[idx] = Reply(item.body, None)
             elif (refused := self.accept(ids[idx], item)) is not None:
                 replies[idx] = refused
+            elif idx in (requeued or ()):
+                self.cancel(ids[idx])
             elif idx in grpc:
                 whole.append(self.requests[ids[idx]])
         budget = self.cfg.step_budget_ms / 1000
@@ -160,6 +168,10 @@ class ContinuousScheduler:
                 self.owner.pop(row, None)
 
     def accept(self, rid: str, item: Item) -> Reply | None:
+        if self.draining:
+            refused = InputError("this version is being retired (drained for a rollout): send the request without a "
+                                 "version, to the model's default, or retry", status=503, reason="draining")
+            return Reply("", None, refused)
         prompts = self.task.collate([item])
         if item.error is not None:
             return Reply("", None, item.error)
@@ -180,6 +192,18 @@ class ContinuousScheduler:
         self.requests[rid] = running
         self.waiting.append(rid)
         return None
+
+    def drain(self) -> dict:
+        """End every request now, running or waiting (finish_reason "cancelled": each one's next
+        reply is its last), and refuse new ones with 503 from now on: this version's workers are
+        about to go. How many of each were ended."""
+        self.draining = True
+        waiting = set(self.waiting)
+        ended = {"running": 0, "waiting": 0}
+        for rid in list(self.requests):
+            if self.cancel(rid):
+                ended["waiting" if rid in waiting else "running"] += 1
+        return ended
 
     def cancel(self, rid: str) -> bool:
         """End a request now (finish_reason "cancelled"); its next reply is its last. False

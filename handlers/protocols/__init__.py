@@ -73,7 +73,7 @@ def for_route(route: str | None, model: str = "", request_id: str = "") -> Proto
         return hf.HF()
     if route.startswith("v1/"):  # an unknown one is refused in OpenAI's error body
         return openai.OpenAI(route, model, request_id)
-    served = " (POST .../<version>/cancel needs runtime continuousBatching)" if route == "cancel" else ""
+    served = f" (POST .../<version>/{route} needs runtime continuousBatching)" if route in ("cancel", "drain") else ""
     raise InputError(f"no such path: {short(route)} after the model version{served}", status=404, reason="unknown_path")
 
 
