@@ -324,3 +324,39 @@ def test_openai_chat_streams_sse_under_continuous_batching_as_under_static(worke
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == whole.body["choices"][0]["message"]["content"]
     assert chunks[-1]["choices"][0]["finish_reason"] == whole.body["choices"][0]["finish_reason"]
     assert json.loads(models.text)["data"][0]["id"] == "smollm2-chat"
+
+
+def test_a_drain_ends_every_request_for_the_operator_alone(worker, monkeypatch):
+    """POST .../drain (a rollout's, past its bound): with the run directory's key, every running and
+    waiting request ends now (finish_reason "cancelled", its next reply its last) and new ones get
+    503 with Retry-After; without it, or with another key, a 403 and nothing ends."""
+    from handlers.handler import DRAIN_KEY_ENV
+
+    driver = worker.continuous()
+    scheduler = worker.handler.scheduler
+    long = {**LONG, "parameters": {"max_new_tokens": 400, "ignore_eos": True}}
+    running = [driver.submit({**long, "stream": True}) for _ in range(3)]  # max_running 3
+    waiting = driver.submit(long)
+    for _ in range(3):
+        driver.call()
+    monkeypatch.delenv(DRAIN_KEY_ENV, raising=False)
+    anyone = driver.submit({}, path="drain")
+    monkeypatch.setenv(DRAIN_KEY_ENV, "the-operators-key")
+    guessed = driver.submit({}, path="drain", headers={"X-Transerve-Drain-Key": "a-guess"})
+    driver.call()
+    assert anyone.status == guessed.status == 403 and "drain key" in json.loads(guessed.text)["message"]
+    assert not any(job.done for job in [*running, waiting]) and not scheduler.draining
+    drain = driver.submit({}, path="drain", headers={"X-Transerve-Drain-Key": "the-operators-key"})
+    driver.call()
+    assert (drain.status, json.loads(drain.text)) == (200, {"drained": {"running": 3, "waiting": 1}})
+    assert all(job.done for job in [*running, waiting]) and not scheduler.requests and scheduler.decoder.busy == 0
+    for job in running:
+        details = json.loads(job.text.splitlines()[-1])["details"]
+        assert details["finish_reason"] == "cancelled" and 0 < details["generated_tokens"] < 400
+    details = json.loads(waiting.text)["details"]
+    assert (details["finish_reason"], details["generated_tokens"]) == ("cancelled", 0)  # it never got a row
+    late = driver.submit(SHORT)
+    driver.call()
+    assert late.status == 503 and late.parts[0].headers["Retry-After"] == "1"
+    assert "being retired" in json.loads(late.text)["message"]
+    scheduler.draining = False  # the module's worker goes on for the other tests

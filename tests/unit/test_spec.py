@@ -150,6 +150,8 @@ def test_a_sample_with_an_unknown_key_is_refused(tmp_path):
     ("generation", "{continuousBatching: true, batchSize: 8}", "{max_running: 4, max_waiting: 4}",
      "runtime.batchSize: 8 must be above handler.max_running + max_waiting (8)"),
     ("generation", "{continuousBatching: true, batchSize: 40}", "{max_waiting: 0}", "max_waiting: expected a positive integer"),
+    ("generation", "{continuousBatching: true, batchSize: 40, maxWorkers: 2}", "{}",
+     "runtime.maxWorkers: 2; continuous batching runs one worker per version"),
 ])
 def test_continuous_batching_is_refused_where_it_cannot_work(tmp_path, task, runtime, handler, expected):
     text = GOOD.replace("task: embedding", f"task: {task}").replace("runtime: {batchSize: 8, maxBatchDelay: 5}", f"runtime: {runtime}")
