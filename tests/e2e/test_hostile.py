@@ -1,8 +1,10 @@
 """Hostile input and a killed worker, against the real server.
 
 The fuzz sends 2,400 malformed requests (transerve/hostile.py, seeded) concurrently with
-good ones: no answer may be a 5xx, no connection may drop, every good request must get
-its own correct answer, and the worker must be the same process at the end. Then the
+good ones to minilm-embed, and 800 of the generation corpus to smollm2-chat's default: every
+answer must have the status its shape must get (a 4xx naming the rule it broke, or a 200 for
+the shapes that are odd but valid), no connection may drop, every good request must get its
+own correct answer, and the worker must be the same process at the end. Then the
 worker is killed with SIGKILL while clients keep sending: TorchServe starts a new one, and
 once answers resume none may fail.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import random
 import signal
@@ -19,9 +22,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import requests
 
-from transerve import hostile
+from transerve import archive, hostile
+from transerve.management import ApiError
+from transerve.spec import find_spec
 from transerve.waiting import wait_until
 
 NAME = "minilm-embed"
@@ -30,21 +36,46 @@ HOSTILE = 2400
 GOOD = 240
 
 
-def worker_pids(management) -> list[int]:
-    [status] = management.describe(NAME, "1.0")
+def worker_pids(management, name: str = NAME, version: str = "1.0") -> list[int]:
+    [status] = management.describe(name, version)
     return [w.pid for w in status.workers if w.status == "READY"]
 
 
-def test_fuzz_gets_4xx_only_and_good_requests_their_answers(torchserve, minilm_registered, management):
-    url = f"{torchserve.url('inference')}/predictions/{NAME}"
-    key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
-    good = [{"inputs": [f"good request number {i}", "a second sentence " * (1 + i % 5)]} for i in range(GOOD)]
-    session = requests.Session()
-    reference = [session.post(url, json=body, headers=key, timeout=60).json()["embeddings"] for body in good]
-    pids = worker_pids(management)
+@pytest.fixture(scope="module")
+def chat_registered(store, management):
+    """smollm2-chat's default (3.0, llama.cpp, continuous batching) for the generation corpus."""
+    mv = find_spec("smollm2-chat").version()
+    archive.build(mv, store, log=lambda _: None)
+    management.register(mv.archive_name, initial_workers=1)
+    yield mv
+    with contextlib.suppress(ApiError):
+        management.unregister(mv.name, mv.version)
 
-    jobs = [("hostile", what, content_type, body) for content_type, body, what in hostile.requests(SEED, HOSTILE)]
-    jobs += [("good", i, "application/json", None) for i in range(GOOD)]
+
+@pytest.fixture(params=["embedding", "generation"])
+def target(request):
+    """(model, version, whether the generation corpus applies, the good requests and how to read their answers)."""
+    if request.param == "embedding":
+        request.getfixturevalue("minilm_registered")
+        good = [{"inputs": [f"good request number {i}", "a second sentence " * (1 + i % 5)]} for i in range(GOOD)]
+        return NAME, "1.0", False, good, lambda body: body["embeddings"]
+    mv = request.getfixturevalue("chat_registered")
+    good = [{"inputs": f"good request number {i}", "parameters": {"max_new_tokens": 2}} for i in range(GOOD // 4)]
+    return mv.name, mv.version, True, good, lambda body: body
+
+
+def test_fuzz_gets_each_shape_its_own_status_and_good_requests_their_answers(torchserve, management, target):
+    name, version, generation, good, answer_of = target
+    count = HOSTILE if not generation else HOSTILE // 3
+    url = f"{torchserve.url('inference')}/predictions/{name}/{version}"
+    key = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
+    session = requests.Session()
+    reference = [answer_of(session.post(url, json=body, headers=key, timeout=60).json()) for body in good]
+    pids = worker_pids(management, name, version)
+
+    jobs = [("hostile", (what, expected), content_type, body)
+            for content_type, body, what, expected in hostile.requests(SEED, count, generation=generation)]
+    jobs += [("good", i, "application/json", None) for i in range(len(good))]
     random.Random(SEED).shuffle(jobs)
     local = threading.local()
 
@@ -66,24 +97,26 @@ def test_fuzz_gets_4xx_only_and_good_requests_their_answers(torchserve, minilm_r
         results = list(pool.map(send, jobs))
     seconds = time.monotonic() - started
 
-    statuses = collections.Counter(status for _, status, _ in results)
     shapes = collections.Counter((job[1], status) for job, status, _ in results if job[0] == "hostile")
-    print(f"\nfuzz: {HOSTILE} hostile + {GOOD} good requests, 16 clients, {seconds:.1f}s; statuses {dict(statuses)}")
-    for (what, status), n in sorted(shapes.items()):
-        print(f"  {status}  x{n:<4} {what}")
+    print(f"\nfuzz ({name} {version}): {count} hostile + {len(good)} good requests, 16 clients, {seconds:.1f}s")
+    for ((what, expected), status), n in sorted(shapes.items()):
+        print(f"  {status} (expected {expected})  x{n:<4} {what}")
     dropped = [(job[1], text) for job, status, text in results if status == 0]
     assert not dropped, dropped[:5]
-    server_errors = [(job[1], job[3][:80] if job[3] else None, text[:200]) for job, status, text in results if status >= 500]
-    assert not server_errors, server_errors[:5]
+    wrong = [(job[1], job[3][:80], status, text[:200]) for job, status, text in results
+             if job[0] == "hostile" and status != job[1][1]]
+    assert not wrong, f"{len(wrong)} answers with another status than their shape's: {wrong[:5]}"
     for job, status, text in results:
-        if job[0] == "hostile" and 400 <= status < 500 and text.startswith("{"):
-            assert "message" in text, text[:200]
+        if job[0] == "hostile" and status >= 400:
+            assert json.loads(text)["message"], text[:200]
         if job[0] == "good":
             assert status == 200, text[:200]
-            got = np.array(__import__("json").loads(text)["embeddings"])
-            assert np.allclose(got, np.array(reference[job[1]]), atol=1e-5), job[1]
-    assert statuses[400] + statuses[413] + statuses[415] >= HOSTILE * 0.9
-    assert worker_pids(management) == pids, "the worker restarted during the fuzz"
+            got = answer_of(json.loads(text))
+            if generation:
+                assert got == reference[job[1]], job[1]
+            else:
+                assert np.allclose(np.array(got), np.array(reference[job[1]]), atol=1e-5), job[1]
+    assert worker_pids(management, name, version) == pids, "the worker restarted during the fuzz"
 
 
 def test_non_ascii_in_a_refused_field_gets_its_4xx_and_the_worker_lives(minilm_registered, refuses_non_ascii):

@@ -9,6 +9,9 @@ frontend reads them. Every answer must be a 2xx or a 4xx with a JSON error body,
 frame readable (an unreadable one restarts a real worker), the good request answered,
 and a gRPC request's last reply must end its stream (or StreamPredictions kills the worker).
 
+Bodies built with one defect each (test_bodies_with_a_defect_get_400_never_200) must get a 400,
+never a 200: a validation that went missing would let one through.
+
 The failures this has found are kept as explicit cases in test_regressions_answer_4xx.
 """
 
@@ -141,6 +144,53 @@ def test_generated_bodies_get_2xx_or_4xx_and_readable_frames(worker):
     run()
     [after] = local.predict([GOOD])  # the same worker object still answers
     assert after.status == 200
+
+
+def malformed(task: str) -> st.SearchStrategy[tuple[dict, str]]:
+    """A valid body with one defect the API refuses, and the defect: every one must be a 400 (the
+    generated bodies above may be valid or not, so those accept a 200; these never do)."""
+    params = [f.name for f in dataclasses.fields(task_class(task).Params)]
+    base = {"inputs": "a good request", "parameters": {"max_new_tokens": 1} if task == "generation" else {}}
+    not_text = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                         st.dictionaries(text, leaf, max_size=2), st.lists(st.integers(), min_size=1, max_size=3))
+    blank = st.text(st.sampled_from(" \t\n\r\x0b\x0c\u3000"), max_size=5)
+    never_a_parameter = st.one_of(st.dictionaries(text, leaf, max_size=2), st.lists(st.none() | st.integers(), min_size=1, max_size=2))
+    defects = [
+        st.tuples(text.filter(lambda k: k not in TOP_LEVEL_KEYS), value).map(lambda kv: ({**base, kv[0]: kv[1]}, "unknown key")),
+        st.tuples(text.filter(lambda k: k not in params), leaf).map(
+            lambda kv: ({**base, "parameters": {**base["parameters"], kv[0]: kv[1]}}, "unknown parameter")),
+        not_text.map(lambda v: ({**base, "inputs": v}, "inputs neither a text nor a list")),
+        blank.map(lambda v: ({**base, "inputs": v}, "a blank input")),
+        st.tuples(st.lists(text.filter(str.strip), max_size=2), not_text | blank).map(
+            lambda p: ({**base, "inputs": [*p[0], p[1]]}, "an input that is not a text")),
+        (leaf.filter(lambda v: v is not None and not isinstance(v, dict))).map(
+            lambda v: ({**base, "parameters": v}, "parameters not an object")),
+        leaf.filter(lambda v: not isinstance(v, bool)).map(lambda v: ({**base, "stream": v}, "stream not a boolean")),
+        st.tuples(st.sampled_from(params), never_a_parameter).map(
+            lambda kv: ({**base, "parameters": {**base["parameters"], kv[0]: kv[1]}}, "a parameter no task takes")),
+        st.just(({**base, "inputs": [], }, "no inputs")),
+    ]
+    if task != "generation":
+        defects.append(st.just(({"messages": [{"role": "user", "content": "hi"}]}, "messages to a model without chat")))
+    else:
+        defects.append(st.lists(st.fixed_dictionaries({"role": text.filter(lambda r: r not in ROLES), "content": text}),
+                                min_size=1, max_size=2).map(lambda m: ({"messages": m, "parameters": {"max_new_tokens": 1}},
+                                                                       "a message of an unknown role")))
+    return st.one_of(defects)
+
+
+def test_bodies_with_a_defect_get_400_never_200(worker):
+    task, local = worker
+
+    @settings(max_examples=EXAMPLES // 2, suppress_health_check=list(HealthCheck))
+    @given(defect=malformed(task))
+    def run(defect):
+        body, what = defect
+        answer, good = local.predict([body, GOOD])
+        assert answer.status == 400, (what, body, answer)
+        assert answer.body["message"] and good.status == 200, (what, answer)
+
+    run()
 
 
 # Each was a 500 "Worker died." on a real server before status phrases were made ASCII:
