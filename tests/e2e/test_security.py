@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 import pytest
@@ -24,19 +25,67 @@ def non_loopback_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def test_every_api_listens_on_loopback_only(torchserve):
-    for api in ("inference", "management", "metrics", "openai"):  # openai: the gateway
-        assert torchserve.url(api).startswith("http://127.0.0.1:"), api
-    assert torchserve.properties["management_address"].startswith("http://127.0.0.1:")  # behind the guard
-    for key in ("grpc_inference_address", "grpc_management_address"):
-        assert torchserve.properties[key] == "127.0.0.1"
+@pytest.fixture(scope="module")
+def outside_address():
+    """A local address that is not loopback: the machine's own, or one put on a dummy interface
+    made for this test (root needed, as CI has) and removed after it. Never a skip."""
     address = non_loopback_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address to try")
-    for api in ("inference", "management", "metrics", "openai"):
-        port = int(torchserve.url(api).rsplit(":", 1)[1].split("/")[0])
+    if address is not None:
+        yield address
+        return
+    import subprocess
+
+    made = ["ip link add transerve-probe type dummy", "ip addr add 198.51.100.77/32 dev transerve-probe",
+            "ip link set transerve-probe up"]
+    for command in made:
+        done = subprocess.run(command.split(), capture_output=True, text=True)
+        assert done.returncode == 0, f"no non-loopback address here, and `{command}` failed: {done.stderr}"
+    try:
+        yield "198.51.100.77"
+    finally:
+        subprocess.run("ip link del transerve-probe".split(), capture_output=True)
+
+
+def listening_sockets(torchserve) -> dict[int, str]:
+    """Every TCP port the test server's processes listen on, with the address it is bound to:
+    TorchServe's frontend and its workers, the management guard and the OpenAI gateway."""
+    import psutil
+
+    from transerve.server import running_pid
+
+    frontend = psutil.Process(running_pid())
+    processes = [frontend, *frontend.children(recursive=True)]
+    for helper in ("guard", "gateway"):
+        record = torchserve.rundir.helper(helper)
+        assert record and record.get("pid"), f"the {helper} is not running"
+        processes.append(psutil.Process(record["pid"]))
+    found = {}
+    for process in processes:
+        for connection in process.net_connections(kind="tcp"):
+            if connection.status == psutil.CONN_LISTEN:
+                found[connection.laddr.port] = connection.laddr.ip
+    return found
+
+
+def test_every_listener_is_on_loopback_only(torchserve, outside_address):
+    listening = listening_sockets(torchserve)
+    ports = {
+        "inference": torchserve.properties["inference_address"], "metrics": torchserve.properties["metrics_address"],
+        "management, TorchServe's own": torchserve.properties["management_address"],
+        "management, the guard's": torchserve.url("management"), "OpenAI gateway": torchserve.url("openai"),
+    }
+    expected = {name: int(url.split("://", 1)[1].split("/")[0].rsplit(":", 1)[1]) for name, url in ports.items()}
+    expected["gRPC inference"] = int(torchserve.properties["grpc_inference_port"])
+    expected["gRPC management, TorchServe's own"] = int(torchserve.properties["grpc_management_port"])
+    expected["gRPC management, the guard's"] = int(torchserve.grpc_management_address.rsplit(":", 1)[1])
+    missing = {name: port for name, port in expected.items() if port not in listening}
+    assert not missing, f"not listening where the config says: {missing}; listening: {listening}"
+    print(f"\n{len(listening)} listening sockets: {listening}; probed from {outside_address}")
+    for port, address in listening.items():
+        ip = ipaddress.ip_address(address)  # Java binds 127.0.0.1 as the IPv4-mapped ::ffff:127.0.0.1
+        assert (getattr(ip, "ipv4_mapped", None) or ip).is_loopback, f"port {port} listens on {address}"
         with pytest.raises(OSError):
-            socket.create_connection((address, port), timeout=2).close()
+            socket.create_connection((outside_address, port), timeout=2).close()
 
 
 def behind_the_guard(torchserve, management) -> ManagementClient:
