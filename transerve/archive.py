@@ -72,6 +72,7 @@ def _model_files(source: Path, mv: ModelVersion) -> list[Path]:
         if p.is_file() and p.name not in SKIPPED and "__pycache__" not in p.parts
         and (p.suffix not in PICKLED or pickles_allowed)
     ]
+    _refuse_remote_code(source, mv)
     if mv.handler.engine == "llamacpp":  # a prepared directory: the GGUF file as it ships, no torch weights
         files = [p for p in files if p.suffix != ".safetensors"]
         if sum(p.suffix == ".gguf" for p in files) != 1:
@@ -87,6 +88,23 @@ def _model_files(source: Path, mv: ModelVersion) -> list[Path]:
                 "to safetensors, or set handler.allow_pickle: true in the spec if you trust them") if found else ""
         raise SpecError(f"{mv.spec_file}: source: no *.safetensors weights in {source}{hint}")
     return files
+
+
+def _refuse_remote_code(source: Path, mv: ModelVersion) -> None:
+    """A model folder whose config (or tokenizer config) names classes of its own code (`auto_map`)
+    needs that code run to load: refused unless the spec trusts it, here rather than in a worker."""
+    if mv.handler.trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((source / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            classes = ", ".join(sorted(map(str, data["auto_map"])))
+            raise SpecError(f"{mv.spec_file}: source: {source / name} asks for the model repository's own code "
+                            f"(auto_map: {classes}); transerve does not run it unless the spec sets "
+                            "handler.trust_remote_code: true, for code you have read")
 
 
 def _handler_files() -> list[Path]:

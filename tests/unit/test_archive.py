@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import zipfile
 
@@ -130,3 +131,40 @@ def test_startup_archives_are_named_checked_and_refused_when_missing_or_changed(
     (copy / archive.INDEX).write_text(json.dumps({"minilm-embed-1.0.mar": {"sha256": "0" * 64}}))
     with pytest.raises(archive.TamperedArchive, match="its sha256 differs from the one recorded when it was built"):
         archive.startup_archives("minilm-embed:1.0", copy, tmp_path)
+
+
+def test_a_source_with_both_pickle_and_safetensors_weights_gives_only_the_safetensors(tmp_path, minilm):
+    import zipfile
+    from dataclasses import replace
+
+    from transerve.spec import Source
+
+    folder = tmp_path / "both"
+    shutil.copytree(minilm.version("1.0").source_dir(), folder)
+    (folder / "pytorch_model.bin").write_bytes(b"a pickle that must never reach a worker")
+    mv = replace(minilm.version("1.0"), source=Source(dir=str(folder)))
+    record = archive.build(mv, tmp_path / "store", log=lambda _: None)
+    with zipfile.ZipFile(record.path) as z:
+        names = z.namelist()
+    assert "model.safetensors" in names and not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+
+
+@pytest.mark.parametrize("config", ["config.json", "tokenizer_config.json"])
+def test_a_model_that_asks_for_its_own_code_is_refused_unless_the_spec_trusts_it(tmp_path, minilm, config):
+    from dataclasses import replace
+
+    from transerve.spec import SpecError, Source
+
+    folder = tmp_path / "remote"
+    shutil.copytree(minilm.version("1.0").source_dir(), folder)
+    data = json.loads((folder / config).read_text())
+    data["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (folder / config).write_text(json.dumps(data))
+    (folder / "modeling_evil.py").write_text("raise SystemExit('this code must not run')\n")
+    mv = replace(minilm.version("1.0"), source=Source(dir=str(folder)))
+    assert not mv.handler.trust_remote_code
+    with pytest.raises(SpecError, match=r"asks for the model repository's own code \(auto_map: AutoModel\); .*"
+                                        r"handler.trust_remote_code: true"):
+        archive.build(mv, tmp_path / "store", log=lambda _: None)
+    trusted = replace(mv, handler=replace(mv.handler, trust_remote_code=True))
+    assert archive.build(trusted, tmp_path / "store", log=lambda _: None).size > 0  # the spec's own choice
