@@ -13,7 +13,7 @@ transformers' GGUF loader dequantizes the weights, and since it refuses to save 
 it counts as quantized, a fresh model is built from the same config without its
 `quantization_config`, given the dequantized state dict, and saved. The conversion is
 proved before it is kept: the saved model, reloaded from safetensors, must generate the
-same greedy tokens as the GGUF-loaded one. The result is cached under
+same tensors, bit for bit, and the same greedy tokens as the GGUF-loaded one. The result is cached under
 .transerve/prepared/ and reused while the GGUF file is unchanged.
 
 Needs `gguf` and `accelerate`, at preparation time only; torch workers never load GGUF.
@@ -42,7 +42,7 @@ from transerve.spec import REPO, ModelVersion, SpecError
 PREPARED = REPO / ".transerve" / "prepared"
 STAMP = "transerve-prepared.json"
 # Bump when the conversion changes, so earlier results are redone.
-CONVERTER = "1"
+CONVERTER = "2"  # 2: the proof compares every tensor
 PROOF_PROMPT = [{"role": "user", "content": "Write three sentences about the sea."}]
 PROOF_TOKENS = 32
 
@@ -133,8 +133,13 @@ def _convert(gguf: Path, work: Path, log) -> dict:
     tokenizer.save_pretrained(work)
     del plain
 
-    step(f"proving the saved model: {PROOF_TOKENS} greedy tokens against the GGUF-loaded model")
+    step(f"proving the saved model: every tensor, and {PROOF_TOKENS} greedy tokens, against the GGUF-loaded model")
     reloaded = AutoModelForCausalLM.from_pretrained(work, dtype=torch.float32, use_safetensors=True).eval()
+    expected_tensors, saved = quantized.state_dict(), reloaded.state_dict()
+    differ = [k for k, v in expected_tensors.items() if k not in saved or not torch.equal(v, saved[k])]
+    if differ or set(saved) - set(expected_tensors):
+        raise PrepareError(f"the converted weights differ from the GGUF's in {len(differ)} tensors ({', '.join(differ[:3])}), "
+                           f"and hold {len(set(saved) - set(expected_tensors))} it lacks; not kept")
     prompt = tokenizer.apply_chat_template(PROOF_PROMPT, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.inference_mode():
