@@ -7,7 +7,6 @@ frames (transerve.inprocess), several prompts decoding together and joining at d
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import random
