@@ -3,6 +3,11 @@
 The rollouts run while 8 clients keep sending requests to the default URL; every one of
 those requests must succeed. minilm-embed 1.0 keeps 256 tokens of an input and 1.1 keeps
 128, so each answer tells which version gave it.
+
+Each test that needs the server in some state sets it up at its start with `state(...)`:
+every version of minilm-embed is unregistered first and the rollout history of the model
+(<run dir>/rollouts.json) rewritten, so no test depends on what another one left, and each
+passes alone or in any order.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import pytest
 import requests
 import yaml
 
-from transerve import cli
+from transerve import archive, cli
 from transerve.management import ApiError, ManagementClient
+from transerve.rollout import History
 from transerve.spec import find_spec
 
 NAME = "minilm-embed"
@@ -48,6 +54,32 @@ def models_dir(tmp_path_factory):
     return root
 
 
+def unregister_all(management) -> None:
+    """Every registered version of the model unregistered, the default last (TorchServe refuses
+    to remove a default while other versions are registered); only "not registered" is fine."""
+    try:
+        versions = management.describe(NAME)
+    except ApiError as e:
+        assert e.status == 404, f"describing {NAME}: {e}"
+        return
+    for status in sorted(versions, key=lambda s: s.is_default):
+        try:
+            management.unregister(NAME, status.version)
+        except ApiError as e:
+            assert e.status == 404, f"unregistering {NAME} {status.version}: {e}"
+    assert NAME not in management.list_models()
+
+
+def write_history(run_dir, defaults: list[str]) -> None:
+    """The model's rollout history (<run dir>/rollouts.json): the versions that were default, oldest first."""
+    history = History.load(run_dir)
+    if defaults:
+        history.defaults[NAME] = list(defaults)
+    else:
+        history.defaults.pop(NAME, None)
+    history.save()
+
+
 @pytest.fixture(scope="module")
 def operate(torchserve, store, models_dir, management):
     """Runs the CLI against the test server, returning (exit code, stdout, stderr)."""
@@ -59,11 +91,41 @@ def operate(torchserve, store, models_dir, management):
         return code, out, err
 
     yield run
-    for version in ("3.0", "2.0", "1.2", "1.1", "1.0"):
-        try:
-            management.unregister(NAME, version)
-        except ApiError:
-            pass
+    unregister_all(management)
+    write_history(torchserve.run_dir, [])
+
+
+@pytest.fixture
+def state(operate, torchserve, store, models_dir, management):
+    """state(default=None, workers=None, parked=(), history=None): the server as a test needs it.
+
+    Every version of the model is unregistered first (non-default ones first); then `default`
+    is registered with `workers` workers (default: its spec's minWorkers) and is the default,
+    and each of `parked` is registered beside it at 0 workers, as a switch leaves the version
+    it replaced. `history` (default: [default]) becomes the model's rollout history.
+    """
+
+    def prepare(default: str | None = None, workers: int | None = None, parked: tuple[str, ...] | list[str] = (),
+                history: list[str] | None = None) -> None:
+        unregister_all(management)
+        write_history(torchserve.run_dir, [default] if history is None and default else history or [])
+        if default is None:
+            assert not parked
+            return
+        spec = find_spec(NAME, models_dir)
+        for version, count in [(default, workers), *((v, 0) for v in parked)]:
+            mv = spec.version(version)
+            archive.build(mv, store, log=lambda _: None, refuse_tampered=True)
+            count = mv.runtime.minWorkers if count is None else count
+            management.register(mv.archive_name, initial_workers=count, timeout=mv.runtime.startupTimeout + 60)
+        management.set_default(NAME, default)
+        versions = registered(management)
+        assert set(versions) == {default, *parked} and versions[default].is_default, versions
+        wanted = spec.version(default).runtime.minWorkers if workers is None else workers
+        assert versions[default].ready_workers == wanted, versions[default]
+        assert all(versions[v].workers == () for v in parked), versions
+
+    return prepare
 
 
 class Load:
@@ -127,7 +189,8 @@ def registered(management) -> dict:
     return {s.version: s for s in management.describe(NAME)}
 
 
-def test_register_and_the_client_against_a_live_server(capsys, operate, management):
+def test_register_and_the_client_against_a_live_server(capsys, operate, management, state):
+    state()  # nothing registered: the first version registered is the default
     runtime = find_spec(NAME).version("1.0").runtime
     code, out, _ = operate(capsys, "register", NAME, "1.0")
     assert code == 0 and f"{runtime.minWorkers} workers READY, default" in out
@@ -137,7 +200,8 @@ def test_register_and_the_client_against_a_live_server(capsys, operate, manageme
         True, runtime.minWorkers, runtime.batchSize, 0)
 
 
-def test_register_workers_option_starts_that_many(capsys, operate, management, models_dir):
+def test_register_workers_option_starts_that_many(capsys, operate, management, models_dir, state):
+    state(default="1.0")
     # TorchServe 0.12 alone would start the archive's minWorkers, whatever the call asks.
     wanted = find_spec(NAME, models_dir).version("1.2").runtime.minWorkers + 1
     code, out, _ = operate(capsys, "register", NAME, "1.2", "--workers", str(wanted), "--json")
@@ -164,14 +228,16 @@ def test_a_call_without_the_key_surfaces_torchserves_refusal(torchserve):
     assert "Token Authorization failed" in refused.value.message
 
 
-def test_cli_key_option_is_used_and_a_wrong_key_is_reported(capsys, operate, torchserve):
+def test_cli_key_option_is_used_and_a_wrong_key_is_reported(capsys, operate, torchserve, state):
+    state(default="1.0")
     code, _, err = operate(capsys, "--management-key", "not-the-key", "status", NAME)
     assert code == cli.FAILED and "InvalidKeyException" in err and "Token Authorization failed" in err
     code, out, _ = operate(capsys, f"--management-key={torchserve.keys()['management']}", "status", NAME)
     assert code == 0 and NAME in out
 
 
-def test_cli_status_and_scale(capsys, operate, management):
+def test_cli_status_and_scale(capsys, operate, management, state):
+    state(default="1.0")
     code, out, _ = operate(capsys, "status", NAME)
     assert code == 0 and out.splitlines()[0].split()[:3] == ["MODEL", "VERSION", "DEFAULT"]
     assert any(line.split()[:3] == [NAME, "1.0", "*"] for line in out.splitlines())
@@ -185,8 +251,9 @@ def test_cli_status_and_scale(capsys, operate, management):
     assert code == cli.FAILED and "Model not found: no-such-model" in err
 
 
-def test_serves_sample_answers_are_checked_as_the_smoke_step_checks_them(capsys, operate, inference, models_dir):
+def test_serves_sample_answers_are_checked_as_the_smoke_step_checks_them(capsys, operate, inference, models_dir, state):
     # what `transerve serve --sample` prints and counts, against versions on the live server
+    state(default="1.0")
     spec = find_spec(NAME, models_dir)
     assert operate(capsys, "register", NAME, "3.0", "--workers", "1")[0] == 0
     try:
@@ -202,7 +269,10 @@ def test_serves_sample_answers_are_checked_as_the_smoke_step_checks_them(capsys,
     assert out[4] == "FAILED: answer.dimensions: expected 512, got 384"
 
 
-def test_rollout_under_load_loses_no_request_and_switches_versions(torchserve, capsys, operate, management):
+def test_rollout_under_load_loses_no_request_and_switches_versions(torchserve, capsys, operate, management, state):
+    # One worker of 1.0 for 8 clients: requests queue at the old version when the default
+    # switches, so the drain has something to wait for.
+    state(default="1.0", workers=1)
     with Load(torchserve) as load:
         code, out, err = operate(capsys, "rollout", NAME, "1.1")
     print(out)
@@ -222,8 +292,10 @@ def test_rollout_under_load_loses_no_request_and_switches_versions(torchserve, c
     ("2.0", "register", "Failed to start workers for model minilm-embed version: 2.0; the worker said: "
                         "safetensors._safetensors_rust.SafetensorError"),
     ("3.0", "smoke", "answer.dimensions: expected 512, got 384"),
-])
-def test_a_broken_version_is_rolled_back_under_load(torchserve, capsys, operate, management, version, step, reason):
+], ids=["2.0-register", "3.0-smoke"])
+def test_a_broken_version_is_rolled_back_under_load(torchserve, capsys, operate, management, state, version, step,
+                                                   reason):
+    state(default="1.1")
     before = default_of(management)
     with Load(torchserve) as load:
         code, out, err = operate(capsys, "rollout", NAME, version)
@@ -237,7 +309,8 @@ def test_a_broken_version_is_rolled_back_under_load(torchserve, capsys, operate,
     assert version not in registered(management)
 
 
-def test_rollback_under_load(torchserve, capsys, operate, management):
+def test_rollback_under_load(torchserve, capsys, operate, management, state):
+    state(default="1.1", parked=["1.0"], history=["1.0", "1.1"])  # as a rollout 1.0 -> 1.1 leaves them
     assert default_of(management) == "1.1"
     with Load(torchserve) as load:
         code, out, err = operate(capsys, "rollback", NAME)
@@ -249,7 +322,8 @@ def test_rollback_under_load(torchserve, capsys, operate, management):
     assert registered(management)["1.1"].workers == ()
 
 
-def test_canary_then_promote(torchserve, capsys, operate, management, inference):
+def test_canary_then_promote(torchserve, capsys, operate, management, inference, state):
+    state(default="1.0", parked=["1.1"], history=["1.1", "1.0"])  # as a rollback 1.1 -> 1.0 leaves them
     code, _, err = operate(capsys, "rollout", NAME, "1.1")
     assert code == cli.FAILED and "already registered" in err and "promote" in err
     assert operate(capsys, "unregister", NAME, "1.1")[0] == 0
@@ -267,8 +341,9 @@ def test_canary_then_promote(torchserve, capsys, operate, management, inference)
     assert default_of(management) == "1.1"
 
 
-def test_versions_beyond_keep_are_unregistered(capsys, operate, management):
-    code, out, err = operate(capsys, "rollout", NAME, "1.2", "--keep", "2", "--drain-seconds", "0.5")
+def test_versions_beyond_keep_are_unregistered(capsys, operate, management, state):
+    state(default="1.1", parked=["1.0"], history=["1.0", "1.1"])  # as a rollout 1.0 -> 1.1 leaves them
+    code, out, err = operate(capsys, "rollout", NAME, "1.2", "--keep", "2")
     assert code == 0, err
     assert "unregister 1.0 (keeping 1.1, 1.2) done" in out
     versions = registered(management)

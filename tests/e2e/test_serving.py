@@ -20,11 +20,18 @@ def registered(management, minilm):
     message = management.register("minilm-embed-1.0.mar", initial_workers=1)
     assert "registered" in message
     yield "minilm-embed"
-    for version in ("1.0", "1.1"):
+    # Every version left, the default last (TorchServe refuses to remove the default while another
+    # version is registered); only "not registered" is fine: a version left behind changes the next module.
+    try:
+        versions = management.describe("minilm-embed")
+    except ApiError as e:
+        assert e.status == 404, f"describing minilm-embed: {e}"
+        versions = []
+    for version in sorted(versions, key=lambda v: v.is_default):
         try:
-            management.unregister("minilm-embed", version)
-        except ApiError:
-            pass
+            management.unregister("minilm-embed", version.version)
+        except ApiError as e:
+            assert e.status == 404, f"unregistering minilm-embed {version.version}: {e}"
 
 
 @pytest.fixture(scope="module")
@@ -123,27 +130,33 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(torchserve
 
 def test_scale_to_two_workers_and_back(management, registered):
     management.scale(registered, min_workers=2, max_workers=2)
-    [version] = management.describe(registered)
-    assert (len(version.workers), version.ready_workers) == (2, 2)
-    # TorchServe stops workers only above max_worker: back to one means max 1 too.
-    management.scale(registered, min_workers=1)
+    try:
+        [version] = management.describe(registered)
+        assert (len(version.workers), version.ready_workers) == (2, 2)
+    finally:  # back to the one worker the other tests of this module expect, whatever failed
+        # TorchServe stops workers only above max_worker: back to one means max 1 too.
+        management.scale(registered, min_workers=1)
     [version] = management.describe(registered)
     assert (len(version.workers), version.min_workers, version.max_workers) == (1, 1, 1)
 
 
 def test_two_versions_side_by_side_and_set_default(management, inference, registered):
     management.register("minilm-embed-1.1.mar", initial_workers=1)
-    versions = {v.version: v for v in management.describe(registered)}
-    assert set(versions) == {"1.0", "1.1"} and versions["1.0"].is_default
-    # 1.1 keeps 128 tokens, 1.0 keeps 256: a long input tells them apart.
-    old = inference.predict(registered, {"inputs": LONG}, version="1.0")["input_tokens"]
-    new = inference.predict(registered, {"inputs": LONG}, version="1.1")["input_tokens"]
-    assert (old, new) == (256, 128)
-    assert inference.predict(registered, {"inputs": LONG})["input_tokens"] == 256
-    management.set_default(registered, "1.1")
-    assert management.default_version(registered) == "1.1"
-    assert inference.predict(registered, {"inputs": LONG})["input_tokens"] == 128
-    management.set_default(registered, "1.0")
+    try:
+        versions = {v.version: v for v in management.describe(registered)}
+        assert set(versions) == {"1.0", "1.1"} and versions["1.0"].is_default
+        # 1.1 keeps 128 tokens, 1.0 keeps 256: a long input tells them apart.
+        old = inference.predict(registered, {"inputs": LONG}, version="1.0")["input_tokens"]
+        new = inference.predict(registered, {"inputs": LONG}, version="1.1")["input_tokens"]
+        assert (old, new) == (256, 128)
+        assert inference.predict(registered, {"inputs": LONG})["input_tokens"] == 256
+        management.set_default(registered, "1.1")
+        assert management.default_version(registered) == "1.1"
+        assert inference.predict(registered, {"inputs": LONG})["input_tokens"] == 128
+    finally:  # the module's one version again, as the other tests of this module expect it
+        management.set_default(registered, "1.0")
+        management.unregister(registered, "1.1")
+    assert [v.version for v in management.describe(registered)] == ["1.0"]
 
 
 def test_metrics_api_counts_inference_requests(metric, inference, registered):
