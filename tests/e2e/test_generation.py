@@ -13,6 +13,7 @@ import requests
 
 from transerve import archive
 from transerve.management import ApiError
+from transerve.waiting import wait_until
 
 NAME = "smollm2-chat"
 BATCH_DELAY_MS = 500
@@ -78,8 +79,11 @@ def test_a_burst_is_batched_and_each_request_gets_its_single_request_answer(torc
 
 
 def test_streaming_sends_chunks_as_they_are_generated(torchserve, chat):
-    body = {"messages": [{"role": "user", "content": "Tell me a short story about a robot."}], "parameters": {"max_new_tokens": 96}}
+    body = {"messages": [{"role": "user", "content": "Tell me a short story about a robot."}],
+            "parameters": {"max_new_tokens": 96, "ignore_eos": True}}
+    started = time.perf_counter()
     plain = post(torchserve, body).json()
+    whole = time.perf_counter() - started  # the generation's own time, answered in one piece
     started = time.perf_counter()
     answer = post(torchserve, {**body, "stream": True}, stream=True)
     assert answer.status_code == 200
@@ -88,9 +92,12 @@ def test_streaming_sends_chunks_as_they_are_generated(torchserve, chat):
         if line:
             chunks.append(json.loads(line))
             times.append(time.perf_counter() - started)
-    print(f"stream: {len(chunks)} chunks, first after {times[0] * 1000:.0f} ms, last after {times[-1] * 1000:.0f} ms")
+    print(f"stream: {len(chunks)} chunks, first after {times[0] * 1000:.0f} ms, last after {times[-1] * 1000:.0f} ms; "
+          f"the same answer in one piece took {whole * 1000:.0f} ms")
     assert len(chunks) > 10
-    assert times[0] < times[-1]
+    # incremental: the chunks are spread over the generation (a buffered answer would come all at
+    # once at its end), the first long before the last
+    assert times[-1] - times[0] > 0.5 * whole and times[0] < 0.3 * times[-1], (times[0], times[-1], whole)
     assert "".join(c["text"] for c in chunks) == plain["generated_text"]
     assert chunks[-1]["details"] == plain["details"]
 
@@ -130,10 +137,12 @@ def test_grpc_stream_predictions_of_a_one_reply_answer_end_the_stream(torchserve
     assert key in json.loads(part)
 
 
-def test_a_stream_and_plain_requests_share_a_batch(torchserve, chat):
+def test_a_stream_and_plain_requests_share_a_batch(torchserve, chat, metric):
     stream_body = {"inputs": "The history of the internet began", "parameters": {"max_new_tokens": 40}, "stream": True}
     plain_body = {"inputs": "The history of the internet began", "parameters": {"max_new_tokens": 40}}
     expected = post(torchserve, plain_body).json()
+    labels = {"model_name": NAME, "model_version": "1.0"}
+    batches, inputs = metric("transerve_forward_batches_total", **labels), metric("transerve_forward_inputs_total", **labels)
     barrier = threading.Barrier(3)
 
     def streamed():
@@ -149,6 +158,11 @@ def test_a_stream_and_plain_requests_share_a_batch(torchserve, chat):
         text, first, second = pool.submit(streamed), pool.submit(plain), pool.submit(plain)
         assert text.result() == expected["generated_text"]
         assert first.result() == second.result() == expected
+    # one model batch of the three (the batch metric, not their timing, says they shared it); the
+    # frontend reads the worker's metric lines as they come, so they may trail the answers
+    wait_until(lambda: metric("transerve_forward_inputs_total", **labels) - inputs >= 3, 10, lambda: AssertionError("no metric"))
+    assert metric("transerve_forward_inputs_total", **labels) - inputs == 3
+    assert metric("transerve_forward_batches_total", **labels) - batches == 1
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,9 @@ def test_twelve_concurrent_streamed_chats_all_complete(client, chat_model):
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(chat, range(12)))
     assert all(text and finish in ("stop", "length") for text, finish in answers), answers
+    # sampled with a seed: the same text again, sent alone instead of beside 11 others
+    assert [chat(i) for i in range(4)] == answers[:4]
+    assert len({text for text, _ in answers}) > 6  # and the seeds (and prompts) do change the texts
 
 
 def test_an_abandoned_stream_is_dropped_upstream(torchserve, client, chat_model, chat_version, metric):
