@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools test-image soak bench bench-engines bench-gpu bench-generation bench-gateway bench-dtype deploy-manifests archive clean
+.PHONY: setup serve stop status test test-tools test-image soak bench bench-engines bench-gpu bench-generation bench-gateway bench-dtype bench-rollout deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,11 @@ bench-generation: setup
 # clients, against TorchServe's route; bench/results/GATEWAY.md. About 3 minutes.
 bench-gateway: setup
 	$(VENV)/bin/python bench/gateway.py
+
+# A rollout while four clients stream (bench/rollout_streams.py): every stream's end, and how long
+# its client waited; bench/results/rollout-streams-current.json. About 3 minutes.
+bench-rollout: setup
+	$(VENV)/bin/python bench/rollout_streams.py
 
 # smollm2-chat in bfloat16 against float32 on CPU (bench/dtype.py): speed and accuracy;
 # bench/results/DTYPE.md. About 1 minute.
