@@ -41,7 +41,7 @@ import loadgen  # noqa: E402
 from transerve import archive  # noqa: E402
 from transerve.prepare import model_dir  # noqa: E402
 from transerve.server import Server, running_pid  # noqa: E402
-from transerve.spec import find_spec  # noqa: E402
+from transerve.spec import PICKLED, find_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 WORDS = (
@@ -277,7 +277,7 @@ def baseline_archive(mv, store: Path) -> str:
         files.mkdir()
         source = model_dir(mv)
         for path in sorted(source.iterdir()):
-            if path.is_file() and path.suffix not in archive.PICKLED:
+            if path.is_file() and path.suffix not in PICKLED:
                 (files / path.name).symlink_to(path)
         (tmp / "work").mkdir()
         subprocess.run(

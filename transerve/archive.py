@@ -23,13 +23,11 @@ import yaml
 
 from transerve.prepare import model_dir
 from handlers.config import ConfigError
-from transerve.spec import REPO, ModelVersion, SpecError, find_spec
+from transerve.spec import PICKLED, REPO, ModelVersion, SpecError, find_spec
 
 HANDLERS_DIR = REPO / "handlers"
 STORE = REPO / "model_store"
 INDEX = "index.json"
-# Weights in these formats unpickle arbitrary code; only safetensors goes into an archive.
-PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIPPED = (".gitattributes", "README.md")
 # Bump when the archive layout changes, so old archives are not reused.
 # 2: entries stored, not deflated (float weights do not compress; deflating them cost ~5 MB/s).

@@ -37,7 +37,7 @@ import shutil
 import time
 from pathlib import Path
 
-from transerve.spec import REPO, ModelVersion, SpecError
+from transerve.spec import PICKLED, REPO, ModelVersion, SpecError
 
 PREPARED = REPO / ".transerve" / "prepared"
 STAMP = "transerve-prepared.json"
@@ -192,7 +192,6 @@ def _source_fingerprint(source: Path, mv: ModelVersion) -> dict:
 
 def prepare_onnx(source: Path, mv: ModelVersion, cache: Path = PREPARED, log=print) -> Path:
     """Export the torch model in `source` to ONNX under `cache`, proved, or reuse the last one."""
-    from transerve.archive import PICKLED  # the archive's own list; imported late (it imports this module)
 
     if mv.handler.task not in ENCODERS:
         raise SpecError(f"{mv.spec_file}: handler.engine: onnxruntime runs {', '.join(sorted(ENCODERS))}, not {mv.handler.task}")

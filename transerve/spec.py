@@ -14,6 +14,8 @@ import yaml
 from handlers.config import TASK_KEYS, ConfigError, HandlerConfig, parse_dataclass
 
 REPO = Path(__file__).resolve().parent.parent
+# Weights in these formats unpickle arbitrary code: left out of archives unless handler.allow_pickle.
+PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 MODELS_DIR = REPO / "models"
 
 

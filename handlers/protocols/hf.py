@@ -10,8 +10,9 @@ from typing import Any, Sequence
 
 from handlers.config import short
 from handlers.payload import InputError, Payload, check_messages, check_text, check_texts, read_body
-from handlers.protocols import Protocol, dumps
-from handlers.results import Embedding, Entities, Generation, Labels, Result
+from handlers.protocols.base import Protocol, details, dumps, value
+from handlers.protocols.kserve_v1 import instances
+from handlers.results import Embedding, Result
 
 EXAMPLE = '{"inputs": ["first text", "second text"], "parameters": {}}'
 TOP_LEVEL_KEYS = ("inputs", "messages", "parameters", "stream", "instances")
@@ -43,25 +44,6 @@ class HF(Protocol):
         return dumps({"text": result.tail, "details": details(result)}) + "\n"
 
 
-def value(result: Result) -> Any:
-    """One input's answer: ranked labels, entities, generated text with its details."""
-    if isinstance(result, Labels):
-        return [{"label": label.label, "score": label.score} for label in result.ranked]
-    if isinstance(result, Entities):
-        return result.entities
-    if isinstance(result, Generation):
-        return {"generated_text": result.text, "details": details(result)}
-    raise TypeError(f"no HF shape for {type(result).__name__}")
-
-
-def details(result: Generation) -> dict:
-    answer = {"finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
-              "generated_tokens": result.generated_tokens}
-    if result.seed is not None:
-        answer["seed"] = result.seed
-    return answer
-
-
 def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
     """Turn one TorchServe request row into a Payload, or raise InputError saying why not.
     A body with "instances" is KServe's V1 protocol, answered in its shape."""
@@ -86,8 +68,6 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
         messages = check_messages(body["messages"], max_inputs, max_chars)
         return Payload(inputs=[], single=True, parameters=parameters, messages=messages, stream=stream, wire=HF())
     if "instances" in body:
-        from handlers.protocols.kserve_v1 import instances
-
         return instances(body, parameters, stream, max_inputs, max_chars)
     if "inputs" not in body:
         raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}", reason="missing_inputs")

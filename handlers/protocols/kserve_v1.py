@@ -7,8 +7,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from handlers.payload import InputError, Payload, check_texts
-from handlers.protocols import Protocol, dumps
-from handlers.protocols.hf import value
+from handlers.protocols.base import Protocol, dumps, value
 from handlers.results import Embedding, Result
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from handlers.config import short
 from handlers.payload import ROLES, InputError, Payload, check_messages, check_text, check_texts, read_body
-from handlers.protocols import Protocol, dumps
+from handlers.protocols.base import Protocol, dumps
 from handlers.results import Embedding, Generation, Result
 
 CHAT, COMPLETIONS, EMBEDDINGS, MODELS = "v1/chat/completions", "v1/completions", "v1/embeddings", "v1/models"
