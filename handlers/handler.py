@@ -146,7 +146,7 @@ class TransformersHandler(BaseHandler):
             self.end_grpc_stream(idx)
             if idx in requeued:
                 reply.ends = True  # the chunks before were sent by the worker that stopped
-            if reply.ends is False:
+            if reply.ends is False and reply.body:  # a part went out: a second answer would repeat it
                 self.marks.begun(ids[idx])
             else:
                 self.marks.ended(ids[idx])

@@ -279,27 +279,32 @@ def cmd_register(args) -> int:
     })
 
 
+def _spec_or_none(args):
+    """The model's spec, or None for a model registered from elsewhere."""
+    try:
+        return find_spec(args.name, Path(args.models_dir))
+    except SpecError:
+        return None
+
+
 def _drain_before_stopping(args, management, inference, version: str | None) -> None:
     """Stopping every worker of a version that holds requests would cut them (TorchServe 0.12 puts
-    their jobs back in a queue no worker takes): drain it first, as a rollout does."""
-    if version is None:
-        version = next(s.version for s in management.describe(args.name) if s.is_default)
-    try:
-        spec = find_spec(args.name, Path(args.models_dir))
-    except SpecError:
-        spec = None  # registered from elsewhere: the longest bound, and the drain route tried
-    drain(management, inference, Path(args.run_dir), spec, version, args.drain_timeout, print, name=args.name)
+    their jobs back in a queue no worker takes): drain it first, as a rollout does. Without a spec:
+    the longest bound, and the drain route tried."""
+    version = version or management.default_version(args.name)
+    drain(management, inference, Path(args.run_dir), _spec_or_none(args), version, args.drain_timeout, print,
+          name=args.name)
 
 
 def cmd_scale(args) -> int:
     management, inference = _clients(args)
     maximum = args.max_workers if args.max_workers is not None else args.workers
-    if maximum > 1:
-        version = args.version or next(s.version for s in management.describe(args.name) if s.is_default)
+    if maximum > 1 and (spec := _spec_or_none(args)) is not None:  # without a spec, TorchServe decides
+        version = args.version or management.default_version(args.name)
         try:
-            continuous = find_spec(args.name, Path(args.models_dir)).version(version).runtime.continuousBatching
+            continuous = spec.version(version).runtime.continuousBatching
         except SpecError:
-            continuous = False  # registered from elsewhere: TorchServe decides
+            continuous = False  # a version the spec no longer lists
         if continuous:
             raise SpecError(f"{args.name} {version}: {maximum} workers: {ONE_WORKER}")
     if args.workers == 0 and maximum == 0:

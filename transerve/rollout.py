@@ -12,8 +12,9 @@ TorchServe routes each request to a version when it arrives, so after set-defaul
 version only holds what it had already accepted: its queue (the management API's
 pendingRequests) and what its workers hold: the batch they run, and under continuous batching
 every request decoding or waiting for a row, which TorchServe's queue no longer counts.
-Scaling a worker down cuts those: TorchServe 0.12 puts their jobs back in the version's queue,
-where no worker will take them, and their clients wait until their own timeout. So the drain
+Scaling a worker down cuts those: TorchServe 0.12 either fails them (a stream is closed short)
+or puts their jobs back in the version's queue, where at 0 workers none will take them and their
+clients wait until their own timeout (both seen, a race in its scale-down). So the drain
 waits until the queue is empty and the version's live workers hold nothing (the handler's
 transerve_requests_in_flight gauge, per worker pid, on the metrics API), bounded by the old
 version's max_timeout (generation) or responseTimeout. If the bound passes, the handler's drain
