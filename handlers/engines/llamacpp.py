@@ -14,7 +14,7 @@ ids 0..n-1, in batch order: when a row leaves, the row with the highest id moves
 (llama_memory_seq_cp copies that KV stream, at the next decode). The logits
 come back to transerve's own token choice (handlers/generation/sampling.py), so seeds, sampling
 parameters and stop strings behave as on the torch engine; the tokenizer and chat template are
-the Hugging Face ones saved beside the GGUF at preparation (transerve.prepare), the same the
+the Hugging Face ones saved beside the GGUF at preparation (transerve.build.prepare), the same the
 torch engine uses. A row's sequence is cleared and handed to the next row when it leaves.
 """
 
@@ -71,6 +71,11 @@ class LlamaCppLM:
         L.llama_backend_init()
         params = L.llama_model_default_params()
         params.n_gpu_layers = 0
+        # No repacked weight buffers: on a CPU with AMX, llama.cpp 0.3.36 repacks q4_1 weights
+        # for its AMX backend and then crashes the process in the first decode (seen on a Xeon
+        # with amx_int8: SIGSEGV in llama_decode). The repack for AVX2/AVX-512 covers q4_0 and
+        # k-quants only, so the q4_1 default loses nothing by it.
+        params.use_extra_bufts = False
         self.model = L.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise LlamaCppError(f"llama.cpp could not load {path} (see the worker log for its reason)")

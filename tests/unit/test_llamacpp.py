@@ -53,7 +53,9 @@ class LlamaCpp:
 
         self.L = L
         L.llama_backend_init()
-        self.model = L.llama_model_load_from_file(str(gguf).encode(), L.llama_model_default_params())
+        model_params = L.llama_model_default_params()
+        model_params.use_extra_bufts = False  # as the engine loads it: AMX's q4_1 repack crashes llama_decode
+        self.model = L.llama_model_load_from_file(str(gguf).encode(), model_params)
         self.vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
         params = L.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 1024, 512, 512, 1
