@@ -99,17 +99,17 @@ COPY scripts/setup.sh scripts/
 RUN if [ -n "${PIP_FIND_LINKS}" ]; then export PIP_FIND_LINKS; \
     else export PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}"; fi \
     && TRANSERVE_LLAMA_WHEELS=/opt/llama-wheels TRANSERVE_EXTRAS=models bash scripts/setup.sh
-# Preparation reads only the specs and these modules (tests/unit/test_dockerfile.py prepares
+# Preparation reads only the specs, the build wing and these handler modules (tests/unit/test_dockerfile.py prepares
 # from them alone), so a change to the handlers or the CLI keeps this layer and its minute of
 # conversion.
 COPY models/ models/
-COPY transerve/spec.py transerve/prepare.py transerve/detect.py transerve/hub.py transerve/
+COPY transerve/build/ transerve/build/
 COPY handlers/config.py handlers/
 COPY handlers/tasks/__init__.py handlers/tasks/
 # smollm2-chat's default runs on llama.cpp: its preparation proves the GGUF with the worker's engine.
 COPY handlers/engines/__init__.py handlers/engines/llamacpp.py handlers/engines/
 COPY handlers/generation/ handlers/generation/
-RUN for model in ${MODELS}; do .venv/bin/python -m transerve.prepare "${model}"; done
+RUN for model in ${MODELS}; do .venv/bin/python -m transerve.build.prepare "${model}"; done
 COPY . .
 RUN for model in ${MODELS}; do .venv/bin/transerve archive "${model}"; done
 
@@ -123,5 +123,5 @@ USER 10001:10001
 # Inference, metrics and the OpenAI gateway; management stays on the container's loopback.
 EXPOSE 8000 8080 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
-    CMD ["/opt/transerve/.venv/bin/python", "-m", "transerve.health"]
+    CMD ["/opt/transerve/.venv/bin/python", "-m", "transerve.torchserve.health"]
 ENTRYPOINT ["/opt/transerve/scripts/entrypoint.sh"]

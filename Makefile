@@ -75,7 +75,7 @@ soak: setup
 
 # The example manifests under deploy/kserve and deploy/kubernetes (a test keeps them in step).
 deploy-manifests: setup
-	$(VENV)/bin/python -m transerve.deploy
+	$(VENV)/bin/python -m transerve.operate.deploy
 
 clean:
 	rm -rf model_store/*.mar model_store/index.json .transerve

@@ -38,10 +38,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import loadgen  # noqa: E402
-from transerve import archive  # noqa: E402
-from transerve.prepare import model_dir  # noqa: E402
-from transerve.server import Server, running_pid  # noqa: E402
-from transerve.spec import PICKLED, find_spec  # noqa: E402
+from transerve.build import archive  # noqa: E402
+from transerve.build.prepare import model_dir  # noqa: E402
+from transerve.torchserve.server import Server, running_pid  # noqa: E402
+from transerve.build.spec import PICKLED, find_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 WORDS = (
@@ -146,7 +146,7 @@ def raw_embeddings(model_path: Path, max_length: int, seconds: float) -> dict:
 def micro_batch_lever(mv, seconds: float) -> dict:
     """The handler in-process, as one served worker runs it (the spec's threads): a batch of
     32 requests mixing short and long inputs, in one model call and in micro-batches."""
-    from transerve.inprocess import LocalWorker
+    from transerve.operate.inprocess import LocalWorker
 
     rng = random.Random(3)
     bodies = [{"inputs": rng.choice((SHORT[i], LONG[i]))} for i in range(32)]

@@ -44,9 +44,9 @@ import torch  # noqa: E402
 
 import loadgen  # noqa: E402
 from bench import GEN_PROMPTS, WORDS, Bench, write  # noqa: E402
-from transerve import archive  # noqa: E402
-from transerve.prepare import model_dir  # noqa: E402
-from transerve.spec import find_spec  # noqa: E402
+from transerve.build import archive  # noqa: E402
+from transerve.build.prepare import model_dir  # noqa: E402
+from transerve.build.spec import find_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 NAME = "smollm2-chat"

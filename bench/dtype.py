@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from transerve.prepare import model_dir  # noqa: E402
-from transerve.spec import find_spec  # noqa: E402
+from transerve.build.prepare import model_dir  # noqa: E402
+from transerve.build.spec import find_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 TOPICS = [

@@ -4,7 +4,7 @@
     make bench-engines             # or: .venv/bin/python bench/engines.py [--quick]
 
 - raw, in-process, no server, 2 intra-op threads: torch (transformers' model, float32 and
-  bfloat16) and ONNX Runtime (the graph `transerve.prepare` exported and proved for 2.0), the same tokenizer, dynamic
+  bfloat16) and ONNX Runtime (the graph `transerve.build.prepare` exported and proved for 2.0), the same tokenizer, dynamic
   padding and mean pooling, at batch sizes 8 to 64, the best of each (before and after the
   served points: the higher counts, so a slow minute cannot flatter transerve);
 - served, on one real TorchServe: the three versions as the spec runs them (2 workers x 1 thread,
@@ -34,9 +34,9 @@ import requests  # noqa: E402
 import torch  # noqa: E402
 
 from bench import CONCURRENCY, LONG, SHORT, Bench, by_batch_size, raw_embedder  # noqa: E402
-from transerve import archive  # noqa: E402
-from transerve.prepare import model_dir  # noqa: E402
-from transerve.spec import find_spec  # noqa: E402
+from transerve.build import archive  # noqa: E402
+from transerve.build.prepare import model_dir  # noqa: E402
+from transerve.build.spec import find_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 BATCHES = (8, 16, 32, 64)

@@ -28,8 +28,8 @@ import psutil  # noqa: E402
 
 import loadgen  # noqa: E402
 from bench import Bench, write  # noqa: E402
-from transerve import archive  # noqa: E402
-from transerve.spec import find_spec  # noqa: E402
+from transerve.build import archive  # noqa: E402
+from transerve.build.spec import find_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 NAME, VERSION = "minilm-embed", "1.0"

@@ -49,8 +49,8 @@ def sync() -> None:
 def spec_dir(name: str, version: str) -> Path | None:
     """The model files a spec's version archives, where they can be had on this machine."""
     try:
-        from transerve.prepare import model_dir
-        from transerve.spec import find_spec
+        from transerve.build.prepare import model_dir
+        from transerve.build.spec import find_spec
 
         return model_dir(find_spec(name).version(version), log=lambda line: print(f"  {line}", flush=True))
     except Exception as e:  # a bare GPU machine: no model package, no gguf converter
@@ -136,7 +136,7 @@ def embeddings(quick: bool) -> dict:
 
 
 def onnx_runner(folder: Path | None):
-    """ONNX Runtime's CUDA provider on the graph transerve.prepare exports (and proves), or None."""
+    """ONNX Runtime's CUDA provider on the graph transerve.build.prepare exports (and proves), or None."""
     try:
         import onnxruntime
     except ImportError:
@@ -146,8 +146,8 @@ def onnx_runner(folder: Path | None):
         print(f"  onnxruntime {onnxruntime.__version__}: no CUDA provider ({onnxruntime.get_available_providers()})", flush=True)
         return None
     try:
-        from transerve.prepare import prepare_onnx
-        from transerve.spec import find_spec
+        from transerve.build.prepare import prepare_onnx
+        from transerve.build.spec import find_spec
 
         mv = find_spec("minilm-embed").version("2.0")
         graph_dir = prepare_onnx(folder, mv, log=lambda line: print(f"  {line}", flush=True)) if folder else None

@@ -33,10 +33,10 @@ def main() -> None:
     sys.path.insert(0, str(args.tree.resolve()))
     import requests
 
-    from transerve import archive
-    from transerve.rollout import Rollouts
-    from transerve.server import Server
-    from transerve.spec import find_spec
+    from transerve.build import archive
+    from transerve.operate.rollout import Rollouts
+    from transerve.torchserve.server import Server
+    from transerve.build.spec import find_spec
 
     spec = find_spec("smollm2-chat")
     work = Path(tempfile.mkdtemp(prefix="rollout-streams-"))

@@ -26,10 +26,10 @@ from pathlib import Path
 import psutil
 import requests
 
-from transerve import archive
-from transerve.rundir import read_properties
-from transerve.server import CONFIG_TEMPLATE, Server, running_pid
-from transerve.spec import find_spec
+from transerve.build import archive
+from transerve.torchserve.rundir import read_properties
+from transerve.torchserve.server import CONFIG_TEMPLATE, Server, running_pid
+from transerve.build.spec import find_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIX = [  # (weight, model, body, expected status)

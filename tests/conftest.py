@@ -8,8 +8,8 @@ import pytest
 import torch
 from hypothesis import settings
 
-from transerve import archive
-from transerve.spec import find_spec, load_spec
+from transerve.build import archive
+from transerve.build.spec import find_spec, load_spec
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,7 +30,7 @@ def minilm():
 def chat_static():
     """smollm2-chat 1.0 (static batching) loaded in-process once, for every module that
     generates with it or checks answers against it."""
-    from transerve.inprocess import LocalWorker
+    from transerve.operate.inprocess import LocalWorker
 
     worker = LocalWorker(find_spec("smollm2-chat").version("1.0"))
     yield worker
@@ -40,7 +40,7 @@ def chat_static():
 @pytest.fixture(scope="session")
 def embed_static(minilm):
     """minilm-embed 1.0 loaded in-process once, for the modules that only call it."""
-    from transerve.inprocess import LocalWorker
+    from transerve.operate.inprocess import LocalWorker
 
     worker = LocalWorker(minilm.version("1.0"))
     yield worker
@@ -104,7 +104,7 @@ def _byo(root, minilm):
     from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification,
                               BertModel, LlamaConfig, LlamaForCausalLM)
 
-    from transerve.prepare import model_dir
+    from transerve.build.prepare import model_dir
 
     bert_tokenizer = AutoTokenizer.from_pretrained(minilm.version().source_dir())
 

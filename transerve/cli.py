@@ -17,14 +17,16 @@ from pathlib import Path
 import requests
 
 from handlers.config import ConfigError
-from transerve import archive, deploy, metrics_api
-from transerve.management import ApiError, InferenceClient, ManagementClient
-from transerve.prepare import PrepareError
-from transerve.rollout import History, RolloutError, Rollouts, drain
-from transerve.rundir import RunDir
-from transerve.server import CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, clients, running_pid, stop_helpers, stop_running
-from transerve.spec import MODELS_DIR, ONE_WORKER, SpecError, all_specs, find_spec
-from transerve.validate import run_samples, served, validate
+from transerve.build import archive
+from transerve.operate import deploy
+from transerve.torchserve import metrics_api
+from transerve.torchserve.management import ApiError, InferenceClient, ManagementClient
+from transerve.build.prepare import PrepareError
+from transerve.operate.rollout import History, RolloutError, Rollouts, drain
+from transerve.torchserve.rundir import RunDir
+from transerve.torchserve.server import CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, clients, running_pid, stop_helpers, stop_running
+from transerve.build.spec import MODELS_DIR, ONE_WORKER, SpecError, all_specs, find_spec
+from transerve.operate.validate import run_samples, served, validate
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
 FAILED, BAD_INPUT = 1, 2
@@ -61,7 +63,7 @@ def _short(value, width: int = 4):
 
 
 def cmd_init(args) -> int:
-    from transerve.scaffold import init
+    from transerve.build.scaffold import init
 
     written = init(args.name, args.source, Path(args.models_dir), revision=args.revision, task=args.task)
     source = written.source

@@ -1,4 +1,4 @@
-"""The ONNX Runtime engine: the graph transerve.prepare exported from the torch model and
+"""The ONNX Runtime engine: the graph transerve.build.prepare exported from the torch model and
 proved against it, run by an InferenceSession. A worker on a GPU uses ONNX Runtime's CUDA
 provider when the installed onnxruntime has one (the onnxruntime-gpu package), else runs the
 graph on the CPU and says so. The model directory holds no torch weights, only the graph."""

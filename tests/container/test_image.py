@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from transerve import waiting
+from transerve.torchserve import waiting
 
 IMAGE = os.environ.get("TRANSERVE_IMAGE")
 pytestmark = pytest.mark.skipif(not IMAGE, reason="no image under test: `make test-image` builds the Dockerfile and runs these")

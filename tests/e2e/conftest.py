@@ -11,10 +11,10 @@ import pytest
 import requests
 import yaml
 
-from transerve.management import InferenceClient, ManagementClient
-from transerve.metrics_api import parse
-from transerve.server import Server, free_ports, running_pid
-from transerve.waiting import wait_until
+from transerve.torchserve.management import InferenceClient, ManagementClient
+from transerve.torchserve.metrics_api import parse
+from transerve.torchserve.server import Server, free_ports, running_pid
+from transerve.torchserve.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def management(torchserve) -> ManagementClient:
 @pytest.fixture(scope="module")
 def minilm_registered(management):
     """minilm-embed 1.0 registered with one worker for one test module, unregistered after it."""
-    from transerve.management import ApiError
+    from transerve.torchserve.management import ApiError
 
     management.register("minilm-embed-1.0.mar", initial_workers=1)
     yield "minilm-embed"
@@ -131,10 +131,10 @@ def prometheus(torchserve, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def refuses_non_ascii(torchserve, management):
-    """check(model): each of transerve.hostile.NON_ASCII_REFUSALS gets a 400 whose JSON body
+    """check(model): each of hostile.NON_ASCII_REFUSALS gets a 400 whose JSON body
     quotes the value and whose status line is ASCII, and the model's workers are the same
     processes afterwards (issue 15: each of these once answered 500 "Worker died.")."""
-    from transerve.hostile import NON_ASCII_REFUSALS
+    from hostile import NON_ASCII_REFUSALS
 
     def check(model: str) -> None:
         url = f"{torchserve.url('inference')}/predictions/{model}"
@@ -170,7 +170,7 @@ def grpc_register(address: str, url: str, key: str | None, name: str = "trap"):
     one worker: the ManagementResponse, or the grpc.RpcError it was refused with."""
     import grpc
 
-    from transerve import protos
+    from transerve.torchserve import protos
 
     management = protos.load("management")
     metadata = [("authorization", f"Bearer {key}")] if key else []
@@ -192,7 +192,7 @@ def register_over_grpc():
 @pytest.fixture(scope="session")
 def metric(torchserve):
     """metric(name, **labels): the sum of a metric's samples on TorchServe's /metrics whose
-    labels include `labels`, read with Prometheus's own parser (transerve.metrics_api.parse)."""
+    labels include `labels`, read with Prometheus's own parser (transerve.torchserve.metrics_api.parse)."""
 
     def read(name: str, **labels: str) -> float:
         text = requests.get(f"{torchserve.url('metrics')}/metrics", timeout=10).text

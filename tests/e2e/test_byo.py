@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from transerve import archive
+from transerve.build import archive
 from transerve.cli import main
-from transerve.management import ApiError
+from transerve.torchserve.management import ApiError
 
 COMMIT = "5f3b9c1d2e4a6b8c0d1e2f3a4b5c6d7e8f9a0b1c"
 REPO = "transerve-tests/tiny-classifier"

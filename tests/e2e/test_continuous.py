@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from transerve import archive
-from transerve.management import ApiError
-from transerve.spec import find_spec
+from transerve.build import archive
+from transerve.torchserve.management import ApiError
+from transerve.build.spec import find_spec
 
 NAME = "smollm2-chat"
 VARIANTS = {"2.0": "9.0", "3.0": "9.3"}  # the spec's version: the variant registered here
@@ -170,7 +170,7 @@ def test_cancel_by_request_id_and_a_deadline_end_running_streams(torchserve, ser
 def test_grpc_clients_get_whole_answers(torchserve, served):
     import grpc
 
-    from transerve import protos
+    from transerve.torchserve import protos
 
     inference = protos.load("inference")
     plain = requests.post(url(torchserve, served), json=SHORT, headers=key(torchserve), timeout=120).json()

@@ -24,9 +24,9 @@ import psutil
 import pytest
 import requests
 
-from transerve import waiting
-from transerve.server import free_ports
-from transerve.spec import REPO, find_spec
+from transerve.torchserve import waiting
+from transerve.torchserve.server import free_ports
+from transerve.build.spec import REPO, find_spec
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -110,7 +110,7 @@ def test_the_entrypoint_serves_the_named_model_and_stops_on_sigterm(image_store,
     run_dir = home / "run"  # the entrypoint's default run dir: $HOME/run
     try:
         # The image's HEALTHCHECK and the readiness probe, as they run in the container.
-        probe = [sys.executable, "-m", "transerve.health", "--run-dir", str(run_dir)]
+        probe = [sys.executable, "-m", "transerve.torchserve.health", "--run-dir", str(run_dir)]
         wait_until(lambda: subprocess.run([*probe, "--model", "minilm-embed"], capture_output=True).returncode == 0,
                    120, "readiness probe", process, log)
         assert subprocess.run(probe, capture_output=True).returncode == 0

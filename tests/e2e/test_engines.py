@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import requests
 
-from transerve import archive
-from transerve.management import ApiError
+from transerve.build import archive
+from transerve.torchserve.management import ApiError
 
 SENTENCES = ["TorchServe serves transformers models.", "a", "Ünïcödé and emoji 🙂 too.", " ".join(["long"] * 400)]
 

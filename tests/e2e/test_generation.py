@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from transerve import archive
-from transerve.management import ApiError
-from transerve.waiting import wait_until
+from transerve.build import archive
+from transerve.torchserve.management import ApiError
+from transerve.torchserve.waiting import wait_until
 
 NAME = "smollm2-chat"
 BATCH_DELAY_MS = 500
@@ -22,7 +22,7 @@ BATCH_DELAY_MS = 500
 @pytest.fixture(scope="module")
 def chat(store, management):
     """smollm2-chat 1.0 registered with batchSize 8 and a batch delay long enough to batch a burst."""
-    from transerve.spec import find_spec
+    from transerve.build.spec import find_spec
 
     archive.build(find_spec(NAME).version("1.0"), store, log=print)
     management.register(f"{NAME}-1.0.mar", initial_workers=1, batch_size=8, max_batch_delay=BATCH_DELAY_MS)
@@ -106,7 +106,7 @@ def grpc_stream(torchserve, body, timeout=120):
     """StreamPredictions with TorchServe's own protos: the parts, decoded."""
     import grpc
 
-    from transerve import protos
+    from transerve.torchserve import protos
 
     inference = protos.load("inference")
     with grpc.insecure_channel(f"127.0.0.1:{torchserve.properties['grpc_inference_port']}") as channel:

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import requests
 
-from transerve import protos
-from transerve.hostile import NON_ASCII_REFUSALS
+from transerve.torchserve import protos
+from hostile import NON_ASCII_REFUSALS
 
 NAME = "minilm-embed"
 

@@ -1,6 +1,6 @@
 """Hostile input and a killed worker, against the real server.
 
-The fuzz sends 2,400 malformed requests (transerve/hostile.py, seeded) concurrently with
+The fuzz sends 2,400 malformed requests (tests/e2e/hostile.py, seeded) concurrently with
 good ones to minilm-embed, and 800 of the generation corpus to smollm2-chat's default: every
 answer must have the status its shape must get (a 4xx naming the rule it broke, or a 200 for
 the shapes that are odd but valid), no connection may drop, every good request must get its
@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 import requests
 
-from transerve import archive, hostile
-from transerve.management import ApiError
-from transerve.spec import find_spec
-from transerve.waiting import wait_until
+from transerve.build import archive
+
+import hostile
+from transerve.torchserve.management import ApiError
+from transerve.build.spec import find_spec
+from transerve.torchserve.waiting import wait_until
 
 NAME = "minilm-embed"
 SEED = 20261124

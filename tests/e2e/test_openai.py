@@ -1,4 +1,4 @@
-"""The OpenAI API through the official `openai` Python client: the gateway (transerve/gateway.py)
+"""The OpenAI API through the official `openai` Python client: the gateway (transerve/edge/gateway.py)
 in front of the test session's TorchServe, the handler's OpenAI routes behind it.
 
 smollm2-chat serves generation, each test on 2.0 (torch) and then on 3.0 (llama.cpp, the default), both
@@ -17,10 +17,10 @@ import openai
 import pytest
 import requests
 
-from transerve import archive
-from transerve.management import ApiError
-from transerve.spec import find_spec
-from transerve.waiting import wait_until
+from transerve.build import archive
+from transerve.torchserve.management import ApiError
+from transerve.build.spec import find_spec
+from transerve.torchserve.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 SENTENCES = ["TorchServe serves transformers models.", "A sentence to embed.", "Ünïcödé and emoji 🙂 too."]

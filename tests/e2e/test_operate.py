@@ -21,10 +21,12 @@ import pytest
 import requests
 import yaml
 
-from transerve import archive, cli
-from transerve.management import ApiError, ManagementClient
-from transerve.rollout import History
-from transerve.spec import find_spec
+from transerve.build import archive
+
+from transerve import cli
+from transerve.torchserve.management import ApiError, ManagementClient
+from transerve.operate.rollout import History
+from transerve.build.spec import find_spec
 
 NAME = "minilm-embed"
 LONG = " ".join(["Rolling out a new model version must not drop a single request."] * 30)

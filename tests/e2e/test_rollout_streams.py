@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from transerve import cli
-from transerve.management import ApiError
+from transerve.torchserve.management import ApiError
 
 NAME = "smollm2-roll"
 TOKENS = 160
@@ -218,7 +218,7 @@ def test_a_worker_scaled_down_mid_stream_hands_over_no_stream_twice(torchserve, 
     response; such a stream ends instead (finish_reason "cancelled"). The other stream runs to its
     end, and no client waits. Static batching: a continuous
     batching version runs one worker (the next test)."""
-    from transerve.metrics_api import scrape
+    from transerve.torchserve.metrics_api import scrape
 
     assert operate("register", NAME, "2.0", "--workers", "2") == 0
     pids = {str(w.pid) for w in management.describe(NAME, "2.0")[0].workers}

@@ -8,8 +8,10 @@ import socket
 import pytest
 import requests
 
-from transerve import archive, cli
-from transerve.management import ApiError, ManagementClient
+from transerve.build import archive
+
+from transerve import cli
+from transerve.torchserve.management import ApiError, ManagementClient
 
 
 def non_loopback_address() -> str | None:
@@ -51,7 +53,7 @@ def listening_sockets(torchserve) -> dict[int, str]:
     TorchServe's frontend and its workers, the management guard and the OpenAI gateway."""
     import psutil
 
-    from transerve.server import running_pid
+    from transerve.torchserve.server import running_pid
 
     frontend = psutil.Process(running_pid())
     processes = [frontend, *frontend.children(recursive=True)]

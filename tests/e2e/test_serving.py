@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from transerve.management import ApiError
+from transerve.torchserve.management import ApiError
 
 LONG = " ".join(["Serving transformers on TorchServe needs a handler that batches well."] * 20)
 
@@ -38,8 +38,8 @@ def registered(management, minilm):
 def reference(store):
     from sentence_transformers import SentenceTransformer
 
-    from transerve.inprocess import LocalWorker
-    from transerve.spec import find_spec
+    from transerve.operate.inprocess import LocalWorker
+    from transerve.build.spec import find_spec
 
     local = LocalWorker(find_spec("minilm-embed").version("1.0"))
     yield SentenceTransformer(str(local.model_dir), device="cpu")

@@ -89,8 +89,8 @@ def test_the_onnx_engine_uses_the_cuda_provider_when_installed(encoder_dir, tmp_
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)")
     from handlers.engines.ort import OrtEngine
-    from transerve.prepare import prepare_onnx
-    from transerve.spec import load_spec
+    from transerve.build.prepare import prepare_onnx
+    from transerve.build.spec import load_spec
 
     spec = tmp_path / "tiny" / "model.yaml"
     spec.parent.mkdir()

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from transerve import archive
+from transerve.build import archive
 
 
 def manifest(path) -> dict:
@@ -71,7 +71,7 @@ def test_a_tampered_archive_is_refused_for_registration_and_replaced_by_an_expli
 def test_a_source_without_safetensors_is_refused(tmp_path, minilm):
     from dataclasses import replace
 
-    from transerve.spec import SpecError, Source
+    from transerve.build.spec import SpecError, Source
 
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     mv = replace(minilm.version("1.0"), source=Source(dir=str(tmp_path)))
@@ -83,8 +83,8 @@ def test_pickle_weights_load_only_when_the_spec_allows_them(tmp_path, minilm):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from transerve.inprocess import LocalWorker
-    from transerve.spec import SpecError, load_spec
+    from transerve.operate.inprocess import LocalWorker
+    from transerve.build.spec import SpecError, load_spec
 
     weights = tmp_path / "weights"
     torch.manual_seed(0)
@@ -111,7 +111,7 @@ def test_startup_archives_are_named_checked_and_refused_when_missing_or_changed(
     import shutil
 
     from handlers.config import ConfigError
-    from transerve.spec import MODELS_DIR
+    from transerve.build.spec import MODELS_DIR
 
     said = []
     assert archive.startup_archives("minilm-embed", store, MODELS_DIR, said.append) == {"minilm-embed": "minilm-embed-1.0.mar"}
@@ -137,7 +137,7 @@ def test_a_source_with_both_pickle_and_safetensors_weights_gives_only_the_safete
     import zipfile
     from dataclasses import replace
 
-    from transerve.spec import Source
+    from transerve.build.spec import Source
 
     folder = tmp_path / "both"
     shutil.copytree(minilm.version("1.0").source_dir(), folder)
@@ -153,7 +153,7 @@ def test_a_source_with_both_pickle_and_safetensors_weights_gives_only_the_safete
 def test_a_model_that_asks_for_its_own_code_is_refused_unless_the_spec_trusts_it(tmp_path, minilm, config):
     from dataclasses import replace
 
-    from transerve.spec import SpecError, Source
+    from transerve.build.spec import SpecError, Source
 
     folder = tmp_path / "remote"
     shutil.copytree(minilm.version("1.0").source_dir(), folder)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from transerve.inprocess import LocalWorker
-from transerve.prepare import SCORE_TOLERANCE
+from transerve.operate.inprocess import LocalWorker
+from transerve.build.prepare import SCORE_TOLERANCE
 
 TEXTS = [
     "I loved this film.", "Terrible service, never again.", "It was fine, I guess.", "a", "ok",

@@ -37,8 +37,8 @@ def test_library_errors_map_to_exit_codes_and_anything_else_is_a_traceback(tmp_p
     import pytest
 
     from transerve import cli
-    from transerve.prepare import PrepareError
-    from transerve.rollout import RolloutError
+    from transerve.build.prepare import PrepareError
+    from transerve.operate.rollout import RolloutError
 
     def failing(error):
         def run(args):

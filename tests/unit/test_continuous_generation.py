@@ -1,5 +1,5 @@
 """smollm2-chat under TorchServe's continuous batching, in-process: the frontend's call
-pattern (transerve.inprocess.ContinuousDriver) around the real handler, one decode step per
+pattern (transerve.operate.inprocess.ContinuousDriver) around the real handler, one decode step per
 call, replies read from TorchServe's own frames. Answers are checked against the same
 model on the same engine under static batching. Every test runs on both engines: 2.0 (torch,
 checked against 1.0) and 3.0 (llama.cpp on the GGUF, checked against 3.0 itself with static
@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from transerve.inprocess import LocalWorker
-from transerve.spec import find_spec
+from transerve.operate.inprocess import LocalWorker
+from transerve.build.spec import find_spec
 
 LONG = {"inputs": "Once upon a time, in a small village by the sea, there lived", "parameters": {"max_new_tokens": 40}}
 SHORT = {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 4}}

@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from transerve import deploy
-from transerve.rundir import read_properties
-from transerve.spec import REPO, find_spec
+from transerve.operate import deploy
+from transerve.torchserve.rundir import read_properties
+from transerve.build.spec import REPO, find_spec
 
 # KServe's own CRD schema, from shared/ (its README names the source commit).
 KSERVE_SCHEMA = REPO.parent / "shared" / "schemas" / "kserve-v1beta1-inferenceservice.schema.json"
@@ -56,8 +56,8 @@ def check_inference_service(manifest: dict, schema: dict) -> None:
 def test_committed_examples_are_what_the_exporter_writes(tmp_path):
     for written in deploy.write_examples(tmp_path):
         committed = REPO / written.relative_to(tmp_path)
-        assert committed.exists(), f"{committed} is missing: run python -m transerve.deploy"
-        assert committed.read_text() == written.read_text(), f"{committed} is stale: run python -m transerve.deploy"
+        assert committed.exists(), f"{committed} is missing: run python -m transerve.operate.deploy"
+        assert committed.read_text() == written.read_text(), f"{committed} is stale: run python -m transerve.operate.deploy"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "deploy" / "kserve").rglob("*.yaml")), ids=lambda p: p.parent.name)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from transerve.detect import DetectError, detect
-from transerve.spec import SpecError, load_spec
+from transerve.build.detect import DetectError, detect
+from transerve.build.spec import SpecError, load_spec
 
 
 def folder(tmp_path, architectures=None, files=None):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from transerve.spec import REPO
+from transerve.build.spec import REPO
 
 
 def hadolint() -> str:
@@ -45,7 +45,7 @@ def test_the_image_runs_the_ci_install_script_and_the_entrypoint_script():
     assert "bash scripts/setup.sh" in text  # the same script `make setup` and CI run
     assert "pip install" not in text  # no second list of dependencies
     assert 'ENTRYPOINT ["/opt/transerve/scripts/entrypoint.sh"]' in text
-    assert "HEALTHCHECK" in text and "transerve.health" in text
+    assert "HEALTHCHECK" in text and "transerve.torchserve.health" in text
     assert "\nUSER 10001:10001\n" in text
     ignored = (REPO / ".dockerignore").read_text().split()
     for path in (".venv", ".transerve", "model_store/*", "**/*.mar", "**/*.safetensors", ".git"):
@@ -61,13 +61,13 @@ def test_the_image_runs_the_ci_install_script_and_the_entrypoint_script():
 PREPARE_ALONE = """
 import runpy, sys
 sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", type(f).__name__)]
-import transerve.spec
-assert transerve.spec.__file__.startswith(sys.argv[1]), transerve.spec.__file__
-transerve.spec.all_specs()
+import transerve.build.spec
+assert transerve.build.spec.__file__.startswith(sys.argv[1]), transerve.build.spec.__file__
+transerve.build.spec.all_specs()
 for model in ("minilm-embed", "smollm2-chat"):
-    sys.argv = ["transerve.prepare", model]
+    sys.argv = ["transerve.build.prepare", model]
     try:
-        runpy.run_module("transerve.prepare", run_name="__main__")
+        runpy.run_module("transerve.build.prepare", run_name="__main__")
     except SystemExit as e:
         assert not e.code, e.code
 """
@@ -77,7 +77,7 @@ def test_the_preparation_layer_holds_what_preparation_imports(tmp_path):
     """The archives stage prepares from a few copied files so that a code change elsewhere keeps
     that layer; an import that reached past them (spec.py -> detect.py) broke the image build once."""
     text = (REPO / "Dockerfile").read_text()
-    before = text[: text.index("python -m transerve.prepare")]
+    before = text[: text.index("python -m transerve.build.prepare")]
     copies = [line.split()[1:] for line in before.splitlines() if line.startswith("COPY ") and "--from" not in line]
     for *sources, target in copies:  # as Docker copies: a file into the folder, a folder's contents
         for source in map(Path, sources):

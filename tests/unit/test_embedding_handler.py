@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from handlers.tasks.base import micro_batches
-from transerve.inprocess import LocalWorker
+from transerve.operate.inprocess import LocalWorker
 
 SENTENCES = [
     "Hello world.",

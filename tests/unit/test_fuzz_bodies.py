@@ -4,7 +4,7 @@ Bodies come from the grammar of the tasks' JSON (any key, any value type, any Un
 astral characters, lone surrogates, controls; deep and wide structures), sent as JSON, as
 UTF-8 JSON with raw surrogates, as text or as bytes, in batches with one good request.
 They go through TorchServe's own request reader, Service.predict and response encoder
-(`transerve.inprocess.LocalWorker.predict_raw`), and the reply frames are read as the
+(`transerve.operate.inprocess.LocalWorker.predict_raw`), and the reply frames are read as the
 frontend reads them. Every answer must be a 2xx or a 4xx with a JSON error body, every
 frame readable (an unreadable one restarts a real worker), the good request answered,
 and a gRPC request's last reply must end its stream (or StreamPredictions kills the worker).
@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from handlers.payload import ROLES
 from handlers.protocols.hf import TOP_LEVEL_KEYS
 from handlers.tasks import task_class
-from transerve.inprocess import LocalWorker
-from transerve.spec import find_spec
+from transerve.operate.inprocess import LocalWorker
+from transerve.build.spec import find_spec
 
 # Per task; `make test` runs the four with a fixed seed in CI (tests/conftest.py).
 EXAMPLES = 600

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from handlers.protocols.openai import KEYS, NEUTRAL
-from transerve.inprocess import LocalWorker
-from transerve.spec import find_spec
+from transerve.operate.inprocess import LocalWorker
+from transerve.build.spec import find_spec
 
 EXAMPLES = 250  # per task
 

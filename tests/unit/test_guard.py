@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from transerve.guard import allowed
+from transerve.edge.guard import allowed
 
 STORE = Path("/srv/model_store")
 

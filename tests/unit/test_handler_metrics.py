@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from handlers.metrics import LABELS, METRICS
-from transerve.inprocess import LocalWorker
-from transerve.metrics_config import render
-from transerve.spec import REPO
+from transerve.operate.inprocess import LocalWorker
+from transerve.torchserve.metrics_config import render
+from transerve.build.spec import REPO
 
 LINE = re.compile(r"\[METRICS\](?P<name>\w+)\.(?P<unit>\w+):(?P<value>[-0-9.e]+)\|#(?P<dims>[^|]*)\|#type:(?P<type>\w+)")
 
@@ -74,7 +74,7 @@ def test_the_worker_reports_its_device_at_load(minilm, caplog):
 
 def test_the_shipped_metrics_yaml_declares_every_metric_with_its_labels():
     shipped = (REPO / "metrics.yaml").read_text()
-    assert shipped == render(), "metrics.yaml is stale: python -m transerve.metrics_config > metrics.yaml"
+    assert shipped == render(), "metrics.yaml is stale: python -m transerve.torchserve.metrics_config > metrics.yaml"
     declared = {m["name"]: (kind, m["dimensions"]) for kind, ms in yaml.safe_load(shipped)["model_metrics"].items() for m in ms}
     for name, (kind, _, extra, _) in METRICS.items():
         assert declared[name] == (kind.name.lower(), LABELS + extra)

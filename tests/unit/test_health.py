@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from transerve import health
-from transerve.server import free_ports
+from transerve.torchserve import health
+from transerve.torchserve.server import free_ports
 
 
 def test_no_config_is_unhealthy(tmp_path, capsys):

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from transerve.hub import HubError, snapshot
-from transerve.spec import SpecError, load_spec
+from transerve.build.hub import HubError, snapshot
+from transerve.build.spec import SpecError, load_spec
 
 REPO = "transerve-tests/tiny-model"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -116,7 +116,7 @@ def test_a_gguf_source_needs_its_file_and_no_config(tmp_path, cache, hub_layout)
 
 
 def test_an_archive_from_a_branch_records_its_commit_and_says_how_to_pin_it(tmp_path, cache, hub_layout, minilm):
-    from transerve import archive
+    from transerve.build import archive
 
     hub_layout(cache, "transerve-tests/minilm", minilm.version().source_dir(), "3" * 40)
     path = spec(tmp_path, "{hub: transerve-tests/minilm, revision: main}")

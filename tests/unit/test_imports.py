@@ -1,5 +1,10 @@
-"""No import cycle among transerve's own modules (handlers/, transerve/), counting the imports
-made inside functions: a cycle hidden that way is still a cycle."""
+"""transerve's imports run one way, and never in a circle.
+
+The operator side is four wings stacked one way: `build` (spec to archive) <- `torchserve` (a
+running server and its APIs) <- `operate` and `edge` (side by side: rollouts and deploys;
+the gateway and guard) <- `cli`. A module imports its own wing, the wings below it and
+`handlers/`; `handlers/` (what runs inside a worker) imports nothing of `transerve/`. Imports
+made inside functions count: a cycle or an upward import hidden that way is still one."""
 
 from __future__ import annotations
 
@@ -71,8 +76,43 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle():
     edges = graph()
-    assert "handlers.protocols.hf" in edges and "transerve.archive" in edges
+    assert "handlers.protocols.hf" in edges and "transerve.build.archive" in edges
     assert not cycles(edges), cycles(edges)
+
+
+# A wing's rank: a module may import ranks below its own, and its own wing.
+RANKS = {"handlers": 0, "transerve": 0, "transerve.build": 1, "transerve.torchserve": 2,
+         "transerve.operate": 3, "transerve.edge": 3, "transerve.cli": 4}
+
+
+def wing(module: str) -> str:
+    """The longest RANKS key that is `module` or a package above it."""
+    parts = module.split(".")
+    return next(".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in RANKS)
+
+
+def upward(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports that run up the wings or across to a sibling wing."""
+    return sorted((source, target) for source, targets in edges.items() for target in targets
+                  if wing(source) != wing(target) and RANKS[wing(target)] >= RANKS[wing(source)]
+                  and target != "transerve")
+
+
+def test_imports_run_down_the_wings():
+    edges = graph()
+    modules = set(edges)
+    # every module of transerve/ sits in a wing, or is the package or the CLI itself
+    assert {m for m in modules if m.startswith("transerve") and wing(m) == "transerve"} == {"transerve"}
+    assert "transerve.edge.gateway" in modules and "transerve.build.spec" in modules
+    assert not upward(edges), upward(edges)
+
+
+def test_the_wing_check_finds_an_upward_import():
+    edges = {"transerve.build.spec": {"transerve.torchserve.server"}, "transerve.operate.rollout": {"transerve.edge.gateway"},
+             "handlers.handler": {"transerve.build.spec"}, "transerve.edge.gateway": {"handlers.config", "transerve.torchserve.rundir"}}
+    assert upward(edges) == [("handlers.handler", "transerve.build.spec"),
+                             ("transerve.build.spec", "transerve.torchserve.server"),
+                             ("transerve.operate.rollout", "transerve.edge.gateway")]
 
 
 def test_the_cycle_finder_finds_one():

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from transerve import cli
-from transerve.scaffold import init, settings
-from transerve.spec import load_spec
+from transerve.build.scaffold import init, settings
+from transerve.build.spec import load_spec
 
 
 def model(tmp_path, architectures, chat=False):
@@ -95,7 +95,7 @@ def test_the_task_from_any_architectures_is_a_known_task_or_a_clear_refusal(tmp_
     from hypothesis import strategies as st
 
     from handlers.tasks import TASKS
-    from transerve.detect import DetectError, detect
+    from transerve.build.detect import DetectError, detect
 
     names = st.one_of(st.text(max_size=40), st.sampled_from(["BertModel", "GPT2LMHeadModel", "XForCausalLM", "ForTokenClassification"]))
 

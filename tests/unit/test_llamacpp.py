@@ -3,7 +3,7 @@
 The reference for this engine is llama.cpp itself, driven here directly through llama-cpp-python's
 low-level API, one sequence at a time (llama.cpp quantizes activations for its dot products, so
 its greedy answers are not the float32 model's). Served answers are read through TorchServe's
-frames (transerve.inprocess), several prompts decoding together and joining at different steps."""
+frames (transerve.operate.inprocess), several prompts decoding together and joining at different steps."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from transerve.inprocess import LocalWorker
-from transerve.spec import find_spec
+from transerve.operate.inprocess import LocalWorker
+from transerve.build.spec import find_spec
 
 PROMPTS = [
     {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
@@ -172,7 +172,7 @@ def test_rows_leaving_and_joining_at_random_keep_their_tokens(worker, reference)
 
 
 def test_the_archive_holds_the_gguf_and_its_tokenizer_and_no_float32_weights(version, tmp_path):
-    from transerve import archive
+    from transerve.build import archive
 
     record = archive.build(version, tmp_path, log=lambda _: None)
     with zipfile.ZipFile(tmp_path / version.archive_name) as z:
@@ -187,7 +187,7 @@ def test_the_archive_holds_the_gguf_and_its_tokenizer_and_no_float32_weights(ver
 
 
 def test_the_preparation_proved_the_file_against_transformers(version):
-    from transerve.prepare import STAMP, model_dir
+    from transerve.build.prepare import STAMP, model_dir
 
     proof = json.loads((model_dir(version, log=lambda _: None) / STAMP).read_text())["proof"]
     assert proof["agreement"] >= 0.9 and proof["positions"] > 40

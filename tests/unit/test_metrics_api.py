@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from transerve.metrics_api import parse, per_version
+from transerve.torchserve.metrics_api import parse, per_version
 
 TEXT = """\
 # HELP transerve_requests_total Torchserve prometheus counter metric with unit: count

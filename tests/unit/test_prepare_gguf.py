@@ -1,4 +1,4 @@
-"""The GGUF conversion (2.0's safetensors, transerve/prepare.py) proves what it keeps: a converter
+"""The GGUF conversion (2.0's safetensors, transerve/build/prepare.py) proves what it keeps: a converter
 that changed one tensor on its way to disk, by an amount too small to move a greedy token, is
 refused naming the tensor, and nothing is kept; and the served model generates what
 transformers' own GGUF loader generates from the shipped file (not only what the converted
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transerve import prepare
-from transerve.spec import find_spec
+from transerve.build import prepare
+from transerve.build.spec import find_spec
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from transerve import prepare
-from transerve.prepare import STAMP, PrepareError, compare, prepare_onnx
+from transerve.build import prepare
+from transerve.build.prepare import STAMP, PrepareError, compare, prepare_onnx
 
 LABELS = ["negative", "positive"]
 

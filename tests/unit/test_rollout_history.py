@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transerve.rollout import HISTORY, History
+from transerve.operate.rollout import HISTORY, History
 
 
 def test_defaults_are_recorded_in_order_and_survive_a_reload(tmp_path):

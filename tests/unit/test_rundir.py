@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from transerve.rundir import RunDir
-from transerve.server import ServerError, clients
+from transerve.torchserve.rundir import RunDir
+from transerve.torchserve.server import ServerError, clients
 
 
 def write(run, guard=None, gateway=None, keys=None):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from transerve.rundir import read_properties
-from transerve.server import Server
+from transerve.torchserve.rundir import read_properties
+from transerve.torchserve.server import Server
 
 
 def test_effective_config_keeps_template_and_narrows_allowed_urls(tmp_path):
@@ -37,9 +37,9 @@ def test_keys_are_empty_while_the_key_file_is_missing_or_half_written(tmp_path):
 def test_every_deployment_bounds_the_frontend_heap_alike(tmp_path):
     """transerve serve, the image and the KServe export run the frontend on one bounded heap
     (the soak's measurement sizes it: config.properties)."""
-    from transerve.deploy import kserve_properties
-    from transerve.server import CONFIG_TEMPLATE
-    from transerve.spec import REPO, find_spec
+    from transerve.operate.deploy import kserve_properties
+    from transerve.torchserve.server import CONFIG_TEMPLATE
+    from transerve.build.spec import REPO, find_spec
 
     vmargs = read_properties(CONFIG_TEMPLATE)["vmargs"]
     assert "-Xmx" in vmargs and "-Xms" in vmargs

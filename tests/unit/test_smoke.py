@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transerve.smoke import mismatches, problems
+from transerve.operate.smoke import mismatches, problems
 
 GOOD = [
     ("embedding", {"inputs": ["a", "b"]}, {"embeddings": [[0.1, 0.2], [0.3, 0.4]], "dimensions": 2, "input_tokens": 4}),

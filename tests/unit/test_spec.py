@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from transerve.spec import SpecError, all_specs, load_spec
+from transerve.build.spec import SpecError, all_specs, load_spec
 
 GOOD = """
     name: tiny

@@ -8,9 +8,11 @@ import shutil
 
 import pytest
 
-from transerve import archive, cli
-from transerve.rollout import RolloutError, Rollouts
-from transerve.spec import MODELS_DIR, find_spec
+from transerve.build import archive
+
+from transerve import cli
+from transerve.operate.rollout import RolloutError, Rollouts
+from transerve.build.spec import MODELS_DIR, find_spec
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def tampered(store, tmp_path):
 
 
 def test_serve_refuses_it_before_starting_torchserve(tampered, tmp_path, capsys, monkeypatch):
-    from transerve.server import Server
+    from transerve.torchserve.server import Server
 
     def started(*_):
         raise AssertionError("serve started TorchServe with a tampered archive")
@@ -39,9 +41,9 @@ def test_serve_refuses_it_before_starting_torchserve(tampered, tmp_path, capsys,
 
 
 def test_validate_refuses_it_before_loading_it(tampered, capsys, monkeypatch):
-    import transerve.inprocess
+    import transerve.operate.inprocess
 
-    monkeypatch.setattr(transerve.inprocess, "LocalWorker", lambda *a, **k: pytest.fail("validate loaded a tampered archive"))
+    monkeypatch.setattr(transerve.operate.inprocess, "LocalWorker", lambda *a, **k: pytest.fail("validate loaded a tampered archive"))
     code = cli.main(["--model-store", str(tampered), "validate", "minilm-embed", "1.0"])
     err = capsys.readouterr().err
     assert code == cli.FAILED and "changed since" in err, err
@@ -57,7 +59,7 @@ class Unreachable:
         raise AssertionError("the rollout registered a tampered archive")
 
     def unregister(self, name, version):  # the rollout's undo: nothing was registered
-        from transerve.management import ApiError
+        from transerve.torchserve.management import ApiError
 
         raise ApiError(404, f"Model not found: {name}")
 

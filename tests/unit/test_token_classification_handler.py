@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from transerve.inprocess import LocalWorker
-from transerve.prepare import SCORE_TOLERANCE
+from transerve.operate.inprocess import LocalWorker
+from transerve.build.prepare import SCORE_TOLERANCE
 
 TEXTS = [
     "Angela Merkel met Emmanuel Macron in Paris.", "Hugging Face is based in New York City.",

@@ -44,7 +44,7 @@ def test_a_sample_that_fails_its_expectation_is_reported(tmp_path, minilm, store
 
 
 def test_run_samples_checks_each_answer_through_any_predict(minilm):
-    from transerve.validate import run_samples
+    from transerve.operate.validate import run_samples
 
     mv = minilm.version()
     answers = iter([(200, {"embeddings": [[0.5] * 3, [0.5] * 3], "dimensions": 3}), (400, "BadRequest: inputs")])

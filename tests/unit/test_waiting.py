@@ -1,10 +1,10 @@
-"""transerve.waiting.wait_until: the one deadline loop of the server, the rollout and the tests."""
+"""transerve.torchserve.waiting.wait_until: the one deadline loop of the server, the rollout and the tests."""
 
 from __future__ import annotations
 
 import pytest
 
-from transerve.waiting import wait_until
+from transerve.torchserve.waiting import wait_until
 
 
 def test_returns_the_first_true_result():

@@ -1,6 +1,6 @@
 """`transerve init`: a model folder or a Hub id -> models/NAME/model.yaml, ready to archive.
 
-The task comes from the model's own files (transerve.detect) unless given; the handler and
+The task comes from the model's own files (transerve.build.detect) unless given; the handler and
 runtime settings are the ones the benchmarks found for that task on this machine's cores
 (bench/results): encoders run as several single-threaded workers with large, short-delay
 batches cut into token-bounded micro-batches; a causal LM runs as one worker with all the
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from handlers.config import ConfigError
-from transerve.detect import DetectError, Detected, detect
-from transerve.spec import SpecError, load_spec
+from transerve.build.detect import DetectError, Detected, detect
+from transerve.build.spec import SpecError, load_spec
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -127,7 +127,7 @@ def init(name: str, source: str, models_dir: Path, revision: str | None = None, 
         spec_source: dict = {"dir": shown}
         said = str(folder)
     else:
-        from transerve.hub import REPO_ID, HubError, snapshot
+        from transerve.build.hub import REPO_ID, HubError, snapshot
 
         if not REPO_ID.fullmatch(source):
             raise ConfigError(f"--source: {source} is neither a folder nor a Hub id (ORG/NAME)")

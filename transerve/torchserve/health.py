@@ -1,6 +1,6 @@
 """Container health probe: exit 0 when TorchServe answers, 1 when it does not.
 
-    python -m transerve.health [--run-dir DIR] [--model NAME]
+    python -m transerve.torchserve.health [--run-dir DIR] [--model NAME]
 
 Without --model it asks /ping (liveness: the frontend is up and its workers are not all
 dead); with --model it asks the management API whether the model's default version has
@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from transerve.rundir import RunDir
+from transerve.torchserve.rundir import RunDir
 
 
 def _local(address: str) -> str:
@@ -64,8 +64,8 @@ def check(run_dir: Path, model: str | None = None, timeout: float = 5) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    top = argparse.ArgumentParser(prog="python -m transerve.health", description=__doc__.split("\n\n")[0])
-    default_run_dir = os.environ.get("TRANSERVE_RUN_DIR", str(Path(__file__).resolve().parents[1] / ".transerve"))
+    top = argparse.ArgumentParser(prog="python -m transerve.torchserve.health", description=__doc__.split("\n\n")[0])
+    default_run_dir = os.environ.get("TRANSERVE_RUN_DIR", str(Path(__file__).resolve().parents[2] / ".transerve"))
     top.add_argument("--run-dir", default=default_run_dir)
     top.add_argument("--model", help="ready only when this model has a READY worker")
     top.add_argument("--timeout", type=float, default=5)

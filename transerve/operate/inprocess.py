@@ -24,10 +24,10 @@ from ts.model_loader import TsModelLoader
 from ts.protocol.otf_message_handler import retrieve_msg
 from ts.service import Service
 
-from transerve.archive import stage
-from transerve.spec import ModelVersion
+from transerve.build.archive import stage
+from transerve.build.spec import ModelVersion
 
-METRICS_CONFIG = Path(__file__).resolve().parent.parent / "metrics.yaml"  # TorchServe's and the handler's
+METRICS_CONFIG = Path(__file__).resolve().parents[2] / "metrics.yaml"  # TorchServe's and the handler's
 
 
 @dataclass

@@ -24,16 +24,16 @@ from pathlib import Path
 import yaml
 
 from handlers.config import ConfigError
-from transerve import archive
-from transerve.metrics_config import render as render_metrics_config
-from transerve.rundir import read_properties
-from transerve.server import CONFIG_TEMPLATE
-from transerve.spec import ModelVersion
+from transerve.build import archive
+from transerve.torchserve.metrics_config import render as render_metrics_config
+from transerve.torchserve.rundir import read_properties
+from transerve.torchserve.server import CONFIG_TEMPLATE
+from transerve.build.spec import ModelVersion
 
 KSERVE_ROOT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 INFERENCE_PORT, METRICS_PORT = 8080, 8082
 KSERVE_TS_PORT = 8085  # TorchServe behind KServe's wrapper, as in TorchServe's kserve image
-HEALTH = ["/opt/transerve/.venv/bin/python", "-m", "transerve.health"]
+HEALTH = ["/opt/transerve/.venv/bin/python", "-m", "transerve.torchserve.health"]
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,7 @@ EXAMPLES = (
 
 
 def write_examples(root: Path) -> list[Path]:
-    from transerve.spec import find_spec
+    from transerve.build.spec import find_spec
 
     written = []
     for target, name, version, directory, options in EXAMPLES:
@@ -279,8 +279,8 @@ def write_examples(root: Path) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":  # python -m transerve.deploy: regenerate the examples under deploy/
-    from transerve.spec import REPO
+if __name__ == "__main__":  # python -m transerve.operate.deploy: regenerate the examples under deploy/
+    from transerve.build.spec import REPO
 
     for path in write_examples(REPO):
         print(path.relative_to(REPO))

@@ -37,7 +37,7 @@ import shutil
 import time
 from pathlib import Path
 
-from transerve.spec import PICKLED, REPO, ModelVersion, SpecError
+from transerve.build.spec import PICKLED, REPO, ModelVersion, SpecError
 
 PREPARED = REPO / ".transerve" / "prepared"
 STAMP = "transerve-prepared.json"
@@ -464,15 +464,15 @@ def _check_installed_hash(path: Path, package: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m transerve.prepare NAME [VERSION]: prepare a version's model files ahead of its
+    """python -m transerve.build.prepare NAME [VERSION]: prepare a version's model files ahead of its
     archive (the image does it in a layer of its own); prints the model directory."""
     import sys
 
-    from transerve.spec import find_spec
+    from transerve.build.spec import find_spec
 
     args = sys.argv[1:] if argv is None else argv
     if not 1 <= len(args) <= 2:
-        print("usage: python -m transerve.prepare NAME [VERSION]", file=sys.stderr)
+        print("usage: python -m transerve.build.prepare NAME [VERSION]", file=sys.stderr)
         return 2
     spec = find_spec(args[0])
     print(model_dir(spec.version(args[1] if len(args) > 1 else None)))

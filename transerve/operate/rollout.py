@@ -34,13 +34,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transerve import archive
-from transerve.management import ApiError, InferenceClient, ManagementClient, ModelVersionStatus
-from transerve.metrics_api import scrape
-from transerve.rundir import RunDir
-from transerve.spec import ModelSpec, ModelVersion, SpecError
-from transerve.validate import run_samples, served
-from transerve.waiting import wait_until
+from transerve.build import archive
+from transerve.torchserve.management import ApiError, InferenceClient, ManagementClient, ModelVersionStatus
+from transerve.torchserve.metrics_api import scrape
+from transerve.torchserve.rundir import RunDir
+from transerve.build.spec import ModelSpec, ModelVersion, SpecError
+from transerve.operate.validate import run_samples, served
+from transerve.torchserve.waiting import wait_until
 
 HISTORY = "rollouts.json"
 

@@ -17,7 +17,7 @@ seconds old, so `transerve rollout` and `rollback` move clients within a second)
   404 model_not_found, TorchServe's own refusals (no worker, a body over its size limit)
   are rewritten with their status and message.
 
-    python -m transerve.gateway --listen 127.0.0.1:8000 --inference http://127.0.0.1:8080 \
+    python -m transerve.edge.gateway --listen 127.0.0.1:8000 --inference http://127.0.0.1:8080 \
         --management http://127.0.0.1:8081 [--key-file run/key_file.json]
 """
 
@@ -36,9 +36,9 @@ from pathlib import Path
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
 
 from handlers.protocols.openai import ROUTES, error_body, model_card
-from transerve.rundir import read_keys
+from transerve.torchserve.rundir import read_keys
 
-logger = logging.getLogger("transerve.gateway")
+logger = logging.getLogger("transerve.edge.gateway")
 
 FORWARDED = ("Authorization", "Content-Type", "Accept", "X-Request-Id")
 PASSED_BACK = ("Content-Type", "Content-Length", "Retry-After", "x-request-id")

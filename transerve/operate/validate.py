@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from transerve import archive, smoke
-from transerve.management import ApiError, InferenceClient
-from transerve.spec import ModelVersion
+from transerve.build import archive
+
+from transerve.operate import smoke
+from transerve.torchserve.management import ApiError, InferenceClient
+from transerve.build.spec import ModelVersion
 
 # An exception at load, matched by name or message, and what usually causes it.
 HINTS = (
@@ -72,7 +74,7 @@ def hint(error: BaseException) -> str:
 def validate(mv: ModelVersion, store: Path, gpu: int | None = None, log=print, short=lambda answer: answer) -> bool:
     """Build (or reuse) the archive, load its handler in-process as a worker would, run the
     samples; log what happened. True when it loaded and every sample came back right."""
-    from transerve.inprocess import LocalWorker  # torch: only when a version is loaded here
+    from transerve.operate.inprocess import LocalWorker  # torch: only when a version is loaded here
 
     record = archive.build(mv, store, refuse_tampered=True)
     log(f"archive   {record.path} ({record.size / 1e6:.1f} MB, sha256 {record.sha256[:16]}…, "

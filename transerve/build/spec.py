@@ -13,7 +13,7 @@ import yaml
 
 from handlers.config import TASK_KEYS, ConfigError, HandlerConfig, parse_dataclass
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Weights in these formats unpickle arbitrary code: left out of archives unless handler.allow_pickle.
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 MODELS_DIR = REPO / "models"
@@ -26,10 +26,10 @@ class SpecError(ConfigError):
 @dataclass(frozen=True)
 class Source:
     """Where the model files come from: an installed package's data, a local folder, or a
-    Hugging Face Hub repository (fetched at build time into the Hugging Face cache, transerve.hub).
+    Hugging Face Hub repository (fetched at build time into the Hugging Face cache, transerve.build.hub).
 
     With `gguf` set, that file (inside the folder) is converted once, at preparation
-    time, into a safetensors model directory (transerve.prepare); archives hold that. On
+    time, into a safetensors model directory (transerve.build.prepare); archives hold that. On
     `engine: llamacpp` the archive holds the GGUF file itself.
     """
 
@@ -110,7 +110,7 @@ class RawSpec:
     name: str
     source: dict
     versions: dict
-    task: Optional[str] = None  # None: read from the model's files (transerve.detect)
+    task: Optional[str] = None  # None: read from the model's files (transerve.build.detect)
     description: str = ""
     handler: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
@@ -160,7 +160,7 @@ class ModelVersion:
 
     def snapshot(self):
         """A Hub source's files in the Hugging Face cache (fetched when missing and not offline)."""
-        from transerve.hub import HubError, snapshot
+        from transerve.build.hub import HubError, snapshot
 
         try:
             gguf = posixpath.normpath(f"{self.source.path}/{self.source.gguf}") if self.source.gguf else None
@@ -227,8 +227,8 @@ class ModelSpec:
     def _task(self, source: Source, where: str) -> tuple[str, dict]:
         """The version's task, and the handler settings the model's own files imply for it (a
         sentence-transformers folder's pooling, say), which the spec's handler keys override.
-        Without a `task` key the files decide (transerve.detect); with one, they only give defaults."""
-        from transerve.detect import DetectError, detect
+        Without a `task` key the files decide (transerve.build.detect); with one, they only give defaults."""
+        from transerve.build.detect import DetectError, detect
 
         stub = ModelVersion(self.name, "", source, HandlerConfig(task="embedding"), Runtime(), self.file, ())
         try:

@@ -24,10 +24,10 @@ from pathlib import Path
 import psutil
 import requests
 
-from transerve.management import InferenceClient, ManagementClient
-from transerve.rundir import RunDir, read_properties
-from transerve.spec import REPO
-from transerve.waiting import wait_until
+from transerve.torchserve.management import InferenceClient, ManagementClient
+from transerve.torchserve.rundir import RunDir, read_properties
+from transerve.build.spec import REPO
+from transerve.torchserve.waiting import wait_until
 
 METRICS_CONFIG = REPO / "metrics.yaml"
 CONFIG_TEMPLATE = REPO / "config.properties"
@@ -61,7 +61,7 @@ class Server:
     run_dir: Path = RUN_DIR
     overrides: dict[str, str] = field(default_factory=dict)
     template: Path = CONFIG_TEMPLATE
-    # transerve.guard in front of the management API: registrations from the model store only
+    # transerve.edge.guard in front of the management API: registrations from the model store only
     guard: bool = True
 
     def __post_init__(self):
@@ -205,7 +205,7 @@ class Server:
                     [listen, self.grpc_management_address])
 
     def start_gateway(self) -> None:
-        """The OpenAI gateway (transerve/gateway.py) in front of TorchServe's inference API."""
+        """The OpenAI gateway (transerve/edge/gateway.py) in front of TorchServe's inference API."""
         listen = self.openai_address.split("://", 1)[-1].rstrip("/")
         auth = self.properties.get("disable_token_authorization") != "true"
         self._spawn("gateway", ["--listen", listen, "--inference", self.properties["inference_address"],
@@ -214,15 +214,15 @@ class Server:
                     {"listen": listen, "base_url": self.url("openai")}, [listen])
 
     def _spawn(self, name: str, args: list[str], record: dict, addresses: list[str], timeout: float = 20) -> None:
-        """transerve.<name> as a process of its own, recorded in the run dir (<name>.json), once
+        """transerve.edge.<name> as a process of its own, recorded in the run dir (<name>.json), once
         it accepts connections on every address."""
-        command = [sys.executable, "-m", f"transerve.{name}", *args]
+        command = [sys.executable, "-m", f"transerve.edge.{name}", *args]
         with open(self.log_dir / f"{name}.log", "ab") as out:
             process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         (self.run_dir / f"{name}.json").write_text(json.dumps({"pid": process.pid, **record}))
 
         def not_started() -> ServerError:
-            return ServerError(f"transerve.{name} did not start; see {self.log_dir}/{name}.log")
+            return ServerError(f"transerve.edge.{name} did not start; see {self.log_dir}/{name}.log")
 
         def listening(address: str) -> bool:
             host, port = address.rsplit(":", 1)
@@ -299,7 +299,7 @@ class Server:
                 process.wait()
 
     def _ready(self, names: list[str]) -> bool:
-        from transerve.health import check
+        from transerve.torchserve.health import check
 
         return all(check(self.run_dir, name, timeout=2)[0] for name in names)
 
@@ -339,7 +339,7 @@ def stop_helpers(run_dir: Path) -> None:
     for name in ("guard", "gateway"):
         try:
             process = psutil.Process((run.helper(name) or {})["pid"])
-            if f"transerve.{name}" in " ".join(process.cmdline()):
+            if f"transerve.edge.{name}" in " ".join(process.cmdline()):
                 process.terminate()
                 process.wait(timeout=10)
         except (KeyError, TypeError, psutil.Error):

@@ -9,7 +9,7 @@ own on private loopback ports, and refuses a registration whose `url` is not an 
 in the model store (`NAME.mar` or `file://<store>/NAME.mar`). Authorization is still
 TorchServe's: the guard forwards the key as it is.
 
-    python -m transerve.guard --listen 127.0.0.1:8081 --upstream http://127.0.0.1:PORT --store DIR \
+    python -m transerve.edge.guard --listen 127.0.0.1:8081 --upstream http://127.0.0.1:PORT --store DIR \
         [--grpc-listen 127.0.0.1:7071 --grpc-upstream 127.0.0.1:PORT]
 """
 
@@ -94,7 +94,7 @@ def grpc_guard(listen: str, upstream: str, store: Path, timeout: float):
     RegisterModel whose url is not an archive in the store (refused with PERMISSION_DENIED)."""
     import grpc
 
-    from transerve import protos
+    from transerve.torchserve import protos
 
     management = protos.load("management")
     register = management.method("RegisterModel")

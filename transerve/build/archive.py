@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from transerve.prepare import model_dir
+from transerve.build.prepare import model_dir
 from handlers.config import ConfigError
-from transerve.spec import PICKLED, REPO, ModelVersion, SpecError, find_spec
+from transerve.build.spec import PICKLED, REPO, ModelVersion, SpecError, find_spec
 
 HANDLERS_DIR = REPO / "handlers"
 STORE = REPO / "model_store"
