@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup serve stop status test test-tools test-image soak bench bench-engines bench-gpu bench-generation bench-gateway bench-dtype bench-rollout deploy-manifests archive clean
+.PHONY: setup serve stop status test check docs test-tools test-image soak bench bench-engines bench-gpu bench-generation bench-gateway bench-dtype bench-rollout deploy-manifests archive clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ stop:
 status:
 	$(VENV)/bin/transerve status
 
-test: setup test-tools
+test: setup test-tools check
 	$(VENV)/bin/python -m pytest -q
 	bash scripts/test-image.sh
 
@@ -27,6 +27,14 @@ test: setup test-tools
 # about 6 minutes cold, seconds after a code change.
 test-image: setup
 	bash scripts/test-image.sh
+
+# ruff, mypy, the docs tables and `mkdocs build --strict` (scripts/check.sh): seconds, before pytest.
+check: setup
+	bash scripts/check.sh
+
+# The docs site (docs/, mkdocs.yml) served at http://127.0.0.1:8001 while you edit it.
+docs: setup
+	$(VENV)/bin/mkdocs serve
 
 test-tools:
 	bash scripts/test-tools.sh

@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import reprlib
+import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -28,11 +30,16 @@ def short(value: Any) -> str:
     return _REPR.repr(value)
 
 
+# `Optional[int]` and `int | None` alike (get_type_hints gives typing.Union for one, types.UnionType
+# for the other).
+UNIONS = (typing.Union, types.UnionType)
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(c) for c in typing.get_args(tp))
-    if origin is typing.Union:
+    if origin in UNIONS:
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
@@ -45,7 +52,7 @@ def _matches(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return value in typing.get_args(tp)
-    if origin is typing.Union:
+    if origin in UNIONS:
         return any(_matches(value, arg) for arg in typing.get_args(tp))
     if tp is type(None):
         return value is None
@@ -63,7 +70,7 @@ def _matches(value: Any, tp: Any) -> bool:
 T = typing.TypeVar("T")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     # get_type_hints compiles every string annotation on each call; requests parse
     # their parameters through here, so it is done once per class.
@@ -83,20 +90,14 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) ->
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {short(unknown[0])}; known keys: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"{where}: unknown key {short(unknown[0])}; known keys: {', '.join(sorted(fields))}")
     for key, value in data.items():
         if not _matches(value, hints[key]):
-            raise ConfigError(
-                f"{where}.{key}: expected {_describe(hints[key])}, got {short(value)}"
-            )
+            raise ConfigError(f"{where}.{key}: expected {_describe(hints[key])}, got {short(value)}")
     missing = [
         name
         for name, f in fields.items()
-        if name not in data
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise ConfigError(f"{where}: missing required key {missing[0]!r}")
@@ -132,11 +133,11 @@ class HandlerConfig:
 
     task: str  # a key of handlers.tasks.TASKS
     # Tokens per input; None = the smaller of the tokenizer's and the model's limit.
-    max_length: Optional[int] = None
+    max_length: int | None = None
     # Over max_length: cut (True) or refuse the input with 413 (False). None: the task's
     # default, which cuts for the encoder tasks and refuses for generation (a prompt cut
     # silently would be answered as another question).
-    truncate: Optional[bool] = None
+    truncate: bool | None = None
     # embedding only
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
@@ -166,10 +167,10 @@ class HandlerConfig:
     # Encoders: the most padded tokens (rows x longest row) in one model call. A larger
     # batch runs as micro-batches of rows sorted by length, so long inputs go in small
     # calls and short ones in big calls, each padded only to its own longest. None: one call.
-    max_batch_tokens: Optional[int] = None
+    max_batch_tokens: int | None = None
     # torch intra-op threads for this worker (engine llamacpp: llama.cpp's threads, torch gets one);
     # None leaves torch's default (llama.cpp: every core).
-    threads: Optional[int] = None
+    threads: int | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # What runs the network: transformers' model in torch; for the encoders, ONNX Runtime on a
     # graph exported at preparation time and proved against torch; for generation, llama.cpp on
@@ -178,7 +179,7 @@ class HandlerConfig:
     # CPU only, opt-in: int8 dynamic quantization of the Linear layers (weights int8,
     # activations quantized on the fly). Faster on CPU and close, not equal, to float32:
     # bench/results reports the agreement. Ignored on a GPU.
-    quantize: Optional[Literal["int8"]] = None
+    quantize: Literal["int8"] | None = None
     # Unsafe opt-ins, off unless a spec says so: pickle weights (.bin/.pt: unpickling runs
     # code) and the model repository's own Python code (transformers' trust_remote_code).
     allow_pickle: bool = False
@@ -189,8 +190,19 @@ class HandlerConfig:
 
         if self.task not in TASKS:
             yield "task", f"unknown task {self.task!r}; known tasks: {', '.join(TASKS)}"
-        for key in ("max_length", "max_inputs_per_request", "max_chars_per_input", "threads", "max_batch_tokens",
-                    "max_new_tokens", "default_max_new_tokens", "max_running", "max_waiting", "prefill_tokens", "max_timeout"):
+        for key in (
+            "max_length",
+            "max_inputs_per_request",
+            "max_chars_per_input",
+            "threads",
+            "max_batch_tokens",
+            "max_new_tokens",
+            "default_max_new_tokens",
+            "max_running",
+            "max_waiting",
+            "prefill_tokens",
+            "max_timeout",
+        ):
             value = getattr(self, key)
             if value is not None and value < 1:
                 yield key, f"expected a positive integer, got {value!r}"
@@ -198,15 +210,29 @@ class HandlerConfig:
             yield "step_budget_ms", f"expected 0 to 1000 milliseconds, got {self.step_budget_ms!r}"
         if self.engine == "onnxruntime":
             if self.task == "generation":
-                yield "engine", ("onnxruntime runs the encoder tasks (embedding, classification, token_classification); "
-                                 "generation decodes with torch: remove engine or set engine: torch")
+                yield (
+                    "engine",
+                    (
+                        "onnxruntime runs the encoder tasks (embedding, classification, token_classification); "
+                        "generation decodes with torch: remove engine or set engine: torch"
+                    ),
+                )
             elif self.quantize:
-                yield "quantize", "int8 dynamic quantization is a torch engine option: remove quantize, or set engine: torch"
+                yield (
+                    "quantize",
+                    "int8 dynamic quantization is a torch engine option: remove quantize, or set engine: torch",
+                )
             elif self.dtype != "float32":
-                yield "dtype", f"the ONNX graph is exported in float32; dtype is {self.dtype}: remove dtype, or set engine: torch"
+                yield (
+                    "dtype",
+                    f"the ONNX graph is exported in float32; dtype is {self.dtype}: remove dtype, or set engine: torch",
+                )
         if self.engine == "llamacpp":
             if self.task != "generation":
-                yield "engine", f"llamacpp runs generation from a GGUF file; this model's task is {self.task}: remove engine"
+                yield (
+                    "engine",
+                    f"llamacpp runs generation from a GGUF file; this model's task is {self.task}: remove engine",
+                )
             elif self.quantize:
                 yield "quantize", "a GGUF file carries its own quantization: remove quantize, or set engine: torch"
             elif self.dtype != "float32":
@@ -214,9 +240,12 @@ class HandlerConfig:
         if self.quantize and self.dtype != "float32":
             yield "quantize", f"int8 quantization starts from float32 weights; dtype is {self.dtype}"
         if self.default_max_new_tokens > self.max_new_tokens:
-            yield "default_max_new_tokens", f"{self.default_max_new_tokens} is above max_new_tokens {self.max_new_tokens}"
+            yield (
+                "default_max_new_tokens",
+                f"{self.default_max_new_tokens} is above max_new_tokens {self.max_new_tokens}",
+            )
 
     @classmethod
-    def from_model_config(cls, model_yaml_config: Mapping[str, Any] | None) -> "HandlerConfig":
+    def from_model_config(cls, model_yaml_config: Mapping[str, Any] | None) -> HandlerConfig:
         section = (model_yaml_config or {}).get("handler")
         return parse_dataclass(cls, section, "model-config.yaml: handler")

@@ -67,8 +67,12 @@ class TransformersHandler(BaseHandler):
         self.initialized = True
         logger.info(
             "transerve: %s task=%s loaded on %s (engine %s, dtype %s, %d threads) in %.2fs",
-            context.model_name, self.cfg.task, self.device, getattr(getattr(self.task, "engine", None), "name", "torch"),
-            self.cfg.dtype, threads,
+            context.model_name,
+            self.cfg.task,
+            self.device,
+            getattr(getattr(self.task, "engine", None), "name", "torch"),
+            self.cfg.dtype,
+            threads,
             time.perf_counter() - started,
         )
 
@@ -106,9 +110,12 @@ class TransformersHandler(BaseHandler):
         headers = self.context.request_processor[idx].get_request_properties()
         given = next((str(v) for k, v in headers.items() if str(k).lower() == DRAIN_KEY_HEADER), "")
         if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise InputError("a drain ends every request of this version: it takes the operator's drain key "
-                             f"(header {DRAIN_KEY_HEADER}, from the run directory of `transerve serve`)",
-                             status=403, reason="forbidden")
+            raise InputError(
+                "a drain ends every request of this version: it takes the operator's drain key "
+                f"(header {DRAIN_KEY_HEADER}, from the run directory of `transerve serve`)",
+                status=403,
+                reason="forbidden",
+            )
 
     def handle_step(self, data, context):
         """One call in continuous batching mode: parse the new requests, one decode step, one
@@ -191,7 +198,9 @@ class TransformersHandler(BaseHandler):
     def end_requeued(self, idx: int, item: Item) -> Item | Ready:
         """A stream another worker began, handed here when TorchServe scaled that worker down
         (handlers/generation/requeued.py): its last chunk at once, finish_reason "cancelled"."""
-        logger.info("transerve: stream %s was begun by a worker that stopped: ended, cancelled", self.context.request_ids[idx])
+        logger.info(
+            "transerve: stream %s was begun by a worker that stopped: ended, cancelled", self.context.request_ids[idx]
+        )
         prompts = self.task.collate([item])
         if item.error is not None:
             return item  # refused as any other
@@ -212,7 +221,10 @@ class TransformersHandler(BaseHandler):
         seconds = time.perf_counter() - started
         logger.info(
             "transerve: batch of %d requests (%d refused), %d inputs, forward %.1f ms",
-            len(items), len(items) - len(accepted), inputs, seconds * 1000,
+            len(items),
+            len(items) - len(accepted),
+            inputs,
+            seconds * 1000,
         )
         self.count_forward(batch, inputs, seconds)
         return items, outputs
@@ -253,7 +265,9 @@ class TransformersHandler(BaseHandler):
 
     def count_cuda_memory(self) -> None:
         if self.device.type == "cuda":
-            self.metrics.emit("transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(self.device), self.device)
+            self.metrics.emit(
+                "transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(self.device), self.device
+            )
 
     def postprocess(self, data):
         """One answer per request, in order: its own outputs, or its own 4xx."""
@@ -333,5 +347,7 @@ class TransformersHandler(BaseHandler):
         send_intermediate_predict_response(
             {idx: items[idx].payload.wire.delta(items[idx], "".join(parts)) for idx, parts in texts.items()},
             {idx: self.context.request_ids[idx] for idx in texts},
-            "Intermediate response", 200, self.context,
+            "Intermediate response",
+            200,
+            self.context,
         )

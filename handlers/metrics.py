@@ -21,36 +21,109 @@ COUNTER, GAUGE, HISTOGRAM = MetricTypes.COUNTER, MetricTypes.GAUGE, MetricTypes.
 
 # name: (type, unit, labels after LABELS, description)
 METRICS = {
-    "transerve_requests_total": (COUNTER, "count", ["outcome", "reason"],
-                                 "Requests answered, by outcome (ok, or the 4xx status) and reason (ok, or what was wrong)"),
+    "transerve_requests_total": (
+        COUNTER,
+        "count",
+        ["outcome", "reason"],
+        "Requests answered, by outcome (ok, or the 4xx status) and reason (ok, or what was wrong)",
+    ),
     "transerve_inputs_total": (COUNTER, "count", [], "Inputs (texts, prompts) in the requests answered ok"),
-    "transerve_forward_batches_total": (COUNTER, "count", [], "Model forward calls, one per TorchServe batch with an accepted request"),
-    "transerve_forward_inputs_total": (COUNTER, "count", [], "Inputs run through the model; divided by forward batches, the mean model batch size"),
-    "transerve_input_tokens_total": (COUNTER, "count", [], "Tokens of the inputs run through the model (prompt tokens for generation)"),
+    "transerve_forward_batches_total": (
+        COUNTER,
+        "count",
+        [],
+        "Model forward calls, one per TorchServe batch with an accepted request",
+    ),
+    "transerve_forward_inputs_total": (
+        COUNTER,
+        "count",
+        [],
+        "Inputs run through the model; divided by forward batches, the mean model batch size",
+    ),
+    "transerve_input_tokens_total": (
+        COUNTER,
+        "count",
+        [],
+        "Tokens of the inputs run through the model (prompt tokens for generation)",
+    ),
     "transerve_generated_tokens_total": (COUNTER, "count", [], "Tokens generated (generation)"),
     "transerve_batch_inputs": (GAUGE, "count", [], "Inputs in the latest model batch"),
-    "transerve_preprocess_seconds": (HISTOGRAM, "seconds", [], "Time to decode, validate and tokenize a TorchServe batch"),
-    "transerve_inference_seconds": (HISTOGRAM, "seconds", [], "Time in the model for a TorchServe batch (the whole generation, for generation)"),
+    "transerve_preprocess_seconds": (
+        HISTOGRAM,
+        "seconds",
+        [],
+        "Time to decode, validate and tokenize a TorchServe batch",
+    ),
+    "transerve_inference_seconds": (
+        HISTOGRAM,
+        "seconds",
+        [],
+        "Time in the model for a TorchServe batch (the whole generation, for generation)",
+    ),
     "transerve_postprocess_seconds": (HISTOGRAM, "seconds", [], "Time to encode the answers of a TorchServe batch"),
-    "transerve_time_to_first_token_seconds": (HISTOGRAM, "seconds", [],
-                                              "Generation: from the start of the batch's forward (continuous batching: from "
-                                              "the request's arrival) to a prompt's first token"),
-    "transerve_time_per_output_token_seconds": (HISTOGRAM, "seconds", [],
-                                                "Generation: mean time per token after the first, per prompt"),
-    "transerve_generation_running_rows": (GAUGE, "count", [], "Continuous batching: rows decoding after the latest step"),
-    "transerve_generation_waiting_requests": (GAUGE, "count", [], "Continuous batching: requests waiting for a row after the latest step"),
-    "transerve_generation_rows_admitted_total": (COUNTER, "count", [], "Continuous batching: rows (prompts) that joined the running batch"),
-    "transerve_generation_queue_seconds": (HISTOGRAM, "seconds", [],
-                                           "Continuous batching: from a request's arrival to its rows joining the running batch"),
-    "transerve_generation_rows_evicted_total": (COUNTER, "count", ["reason"],
-                                                "Continuous batching: rows that left before their end (reason: disconnected, timeout, cancelled)"),
-    "transerve_requests_in_flight": (GAUGE, "count", ["worker"],
-                                     "Requests a worker holds (the batch it runs; under continuous batching, those decoding "
-                                     "or waiting for a row), by worker pid: a rollout drains a version until its live workers hold none"),
+    "transerve_time_to_first_token_seconds": (
+        HISTOGRAM,
+        "seconds",
+        [],
+        "Generation: from the start of the batch's forward (continuous batching: from "
+        "the request's arrival) to a prompt's first token",
+    ),
+    "transerve_time_per_output_token_seconds": (
+        HISTOGRAM,
+        "seconds",
+        [],
+        "Generation: mean time per token after the first, per prompt",
+    ),
+    "transerve_generation_running_rows": (
+        GAUGE,
+        "count",
+        [],
+        "Continuous batching: rows decoding after the latest step",
+    ),
+    "transerve_generation_waiting_requests": (
+        GAUGE,
+        "count",
+        [],
+        "Continuous batching: requests waiting for a row after the latest step",
+    ),
+    "transerve_generation_rows_admitted_total": (
+        COUNTER,
+        "count",
+        [],
+        "Continuous batching: rows (prompts) that joined the running batch",
+    ),
+    "transerve_generation_queue_seconds": (
+        HISTOGRAM,
+        "seconds",
+        [],
+        "Continuous batching: from a request's arrival to its rows joining the running batch",
+    ),
+    "transerve_generation_rows_evicted_total": (
+        COUNTER,
+        "count",
+        ["reason"],
+        "Continuous batching: rows that left before their end (reason: disconnected, timeout, cancelled)",
+    ),
+    "transerve_requests_in_flight": (
+        GAUGE,
+        "count",
+        ["worker"],
+        "Requests a worker holds (the batch it runs; under continuous batching, those decoding "
+        "or waiting for a row), by worker pid: a rollout drains a version until its live workers hold none",
+    ),
     "transerve_worker_info": (GAUGE, "count", ["device"], "1 per loaded worker, labelled with the device it runs on"),
-    "transerve_worker_loads_total": (COUNTER, "count", ["device"],
-                                     "Worker loads: one per start, so a rise without scaling means workers restart"),
-    "transerve_cuda_memory_allocated_bytes": (GAUGE, "bytes", ["device"], "CUDA memory allocated by the worker's torch (CUDA only)"),
+    "transerve_worker_loads_total": (
+        COUNTER,
+        "count",
+        ["device"],
+        "Worker loads: one per start, so a rise without scaling means workers restart",
+    ),
+    "transerve_cuda_memory_allocated_bytes": (
+        GAUGE,
+        "bytes",
+        ["device"],
+        "CUDA memory allocated by the worker's torch (CUDA only)",
+    ),
 }
 
 

@@ -70,16 +70,22 @@ def read_body(row: Any, example: str) -> Any:
         try:
             text = bytes(body).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise InputError(f"body is not valid UTF-8 (byte {e.start}); send UTF-8 text or JSON", reason="invalid_utf8") from None
+            raise InputError(
+                f"body is not valid UTF-8 (byte {e.start}); send UTF-8 text or JSON", reason="invalid_utf8"
+            ) from None
         body = text
         if text.lstrip().startswith(("{", "[")):
             try:
                 body = json.loads(text)
             except RecursionError:
-                raise InputError(f"body is JSON nested too deeply; send e.g. {example}", reason="invalid_json") from None
+                raise InputError(
+                    f"body is JSON nested too deeply; send e.g. {example}", reason="invalid_json"
+                ) from None
             except json.JSONDecodeError as e:
-                raise InputError(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. {example}",
-                                 reason="invalid_json") from None
+                raise InputError(
+                    f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; expected e.g. {example}",
+                    reason="invalid_json",
+                ) from None
     return body
 
 
@@ -113,46 +119,81 @@ def encodable(text: str) -> bool:
 def check_messages(messages: Any, max_messages: int, max_chars: int) -> list[dict[str, str]]:
     example = '[{"role": "user", "content": "Hello"}]'
     if not isinstance(messages, list) or not messages:
-        raise InputError(f"'messages' must be a non-empty list of {{role, content}} objects, e.g. {example}", reason="invalid_messages")
+        raise InputError(
+            f"'messages' must be a non-empty list of {{role, content}} objects, e.g. {example}",
+            reason="invalid_messages",
+        )
     if len(messages) > max_messages:
-        raise InputError(f"{len(messages)} messages in one request; the limit is {max_messages} (max_inputs_per_request)", status=413, reason="too_many_inputs")
+        raise InputError(
+            f"{len(messages)} messages in one request; the limit is {max_messages} (max_inputs_per_request)",
+            status=413,
+            reason="too_many_inputs",
+        )
     total = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise InputError(f"messages[{i}] must be an object with exactly 'role' and 'content', e.g. {example}", reason="invalid_messages")
+            raise InputError(
+                f"messages[{i}] must be an object with exactly 'role' and 'content', e.g. {example}",
+                reason="invalid_messages",
+            )
         role, content = message["role"], message["content"]
         if role not in ROLES:
-            raise InputError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {short(role)}", reason="invalid_messages")
+            raise InputError(
+                f"messages[{i}].role must be one of {', '.join(ROLES)}, got {short(role)}", reason="invalid_messages"
+            )
         if not isinstance(content, str):
-            raise InputError(f"messages[{i}].content must be a string, got {type(content).__name__}", reason="invalid_messages")
+            raise InputError(
+                f"messages[{i}].content must be a string, got {type(content).__name__}", reason="invalid_messages"
+            )
         if not encodable(content):
-            raise InputError(f"messages[{i}].content holds a lone UTF-16 surrogate; send valid Unicode", reason="invalid_utf8")
+            raise InputError(
+                f"messages[{i}].content holds a lone UTF-16 surrogate; send valid Unicode", reason="invalid_utf8"
+            )
         total += len(content)
     if total > max_chars:
-        raise InputError(f"the messages have {total} characters in all; the limit is {max_chars} (max_chars_per_input)", status=413, reason="input_too_long")
+        raise InputError(
+            f"the messages have {total} characters in all; the limit is {max_chars} (max_chars_per_input)",
+            status=413,
+            reason="input_too_long",
+        )
     if messages[-1]["role"] == "assistant":
-        raise InputError("the last message is the assistant's; end with a user (or system) message to get a reply", reason="invalid_messages")
+        raise InputError(
+            "the last message is the assistant's; end with a user (or system) message to get a reply",
+            reason="invalid_messages",
+        )
     return [dict(m) for m in messages]
 
 
-def check_texts(raw: list, key: str, max_inputs: int, max_chars: int, noun: str = "", param: str | None = None) -> list[str]:
+def check_texts(
+    raw: list, key: str, max_inputs: int, max_chars: int, noun: str = "", param: str | None = None
+) -> list[str]:
     """A list of texts sent under `key`: not empty, at most max_inputs, each checked (check_text)."""
     if not raw:
         raise InputError(f"'{key}' is an empty list; send at least one string", reason="empty_input", param=param)
     if len(raw) > max_inputs:
-        raise InputError(f"{len(raw)} {noun or key} in one request; the limit is {max_inputs} (max_inputs_per_request)",
-                         status=413, reason="too_many_inputs", param=param)
+        raise InputError(
+            f"{len(raw)} {noun or key} in one request; the limit is {max_inputs} (max_inputs_per_request)",
+            status=413,
+            reason="too_many_inputs",
+            param=param,
+        )
     return [check_text(t, i, max_chars, key) for i, t in enumerate(raw)]
 
 
 def check_text(text: Any, index: int, max_chars: int, key: str = "inputs") -> str:
     if isinstance(text, str) and not encodable(text):
-        raise InputError(f"{key}[{index}] holds a lone UTF-16 surrogate (an escape like \\ud800); send valid Unicode",
-                         reason="invalid_utf8")
+        raise InputError(
+            f"{key}[{index}] holds a lone UTF-16 surrogate (an escape like \\ud800); send valid Unicode",
+            reason="invalid_utf8",
+        )
     if not isinstance(text, str):
         raise InputError(f"{key}[{index}] must be a string, got {type(text).__name__}", reason="invalid_body")
     if not text.strip():
         raise InputError(f"{key}[{index}] is empty; send some text", reason="empty_input")
     if len(text) > max_chars:
-        raise InputError(f"{key}[{index}] has {len(text)} characters; the limit is {max_chars} (max_chars_per_input)", status=413, reason="input_too_long")
+        raise InputError(
+            f"{key}[{index}] has {len(text)} characters; the limit is {max_chars} (max_chars_per_input)",
+            status=413,
+            reason="input_too_long",
+        )
     return text

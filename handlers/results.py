@@ -6,8 +6,8 @@ into its own body (handlers/protocols/*.py). Neither knows the other's shapes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)

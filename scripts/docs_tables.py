@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 # The code's tables, all imported here (where they move, only this block changes).
-from handlers.config import TASK_KEYS, HandlerConfig
+from handlers.config import TASK_KEYS, UNIONS, HandlerConfig
 from handlers.metrics import LABELS, METRICS
 from handlers.protocols.openai import KEYS as OPENAI_KEYS
 from handlers.protocols.openai import NEUTRAL as OPENAI_NEUTRAL
@@ -40,7 +40,7 @@ def accepts(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return ", ".join(f"`{choice}`" for choice in typing.get_args(tp))
-    if origin is typing.Union:
+    if origin in UNIONS:
         return " or ".join("unset" if arg is type(None) else accepts(arg) for arg in typing.get_args(tp))
     return WORDS.get(tp, getattr(tp, "__name__", str(tp)))
 

@@ -1,6 +1,7 @@
 """transerve: build versioned TorchServe archives from model specs, serve them, and operate them.
 
-init | archive | serve | run | stop | status | export | validate | register | scale | unregister | rollout | promote | rollback
+init | archive | serve | run | stop | status | export | validate | register | scale | unregister
+| rollout | promote | rollback
 """
 
 from __future__ import annotations
@@ -18,15 +19,24 @@ import requests
 
 from handlers.config import ConfigError
 from transerve.build import archive
+from transerve.build.prepare import PrepareError
+from transerve.build.spec import MODELS_DIR, ONE_WORKER, SpecError, all_specs, find_spec
 from transerve.operate import deploy
+from transerve.operate.rollout import History, RolloutError, Rollouts, drain
+from transerve.operate.validate import run_samples, served, validate
 from transerve.torchserve import metrics_api
 from transerve.torchserve.management import ApiError, InferenceClient, ManagementClient
-from transerve.build.prepare import PrepareError
-from transerve.operate.rollout import History, RolloutError, Rollouts, drain
 from transerve.torchserve.rundir import RunDir
-from transerve.torchserve.server import CONFIG_TEMPLATE, RUN_DIR, Server, ServerError, clients, running_pid, stop_helpers, stop_running
-from transerve.build.spec import MODELS_DIR, ONE_WORKER, SpecError, all_specs, find_spec
-from transerve.operate.validate import run_samples, served, validate
+from transerve.torchserve.server import (
+    CONFIG_TEMPLATE,
+    RUN_DIR,
+    Server,
+    ServerError,
+    clients,
+    running_pid,
+    stop_helpers,
+    stop_running,
+)
 
 # Exit codes: 0 done, 1 the operation failed (server or API said no), 2 bad usage or spec.
 FAILED, BAD_INPUT = 1, 2
@@ -88,7 +98,11 @@ def cmd_archive(args) -> int:
         if args.json:
             print(json.dumps(asdict(record)))
         else:
-            state = "reused" if record.reused else f"built in {record.seconds:.1f} s, {record.size / 1e6 / max(record.seconds, 1e-3):.0f} MB/s"
+            state = (
+                "reused"
+                if record.reused
+                else f"built in {record.seconds:.1f} s, {record.size / 1e6 / max(record.seconds, 1e-3):.0f} MB/s"
+            )
             hub = f"  from {record.source['hub']} commit {record.source['commit']}" if "commit" in record.source else ""
             print(f"{record.path}  {record.size / 1e6:.1f} MB  sha256 {record.sha256}  ({state}){hub}")
     return 0
@@ -100,7 +114,10 @@ def cmd_serve(args) -> int:
     versions = [spec.version() for spec in specs]
     for mv in versions:
         record = archive.build(mv, Path(args.model_store), refuse_tampered=True)
-        print(f"archive {record.path} ({record.size / 1e6:.1f} MB, {'reused' if record.reused else f'built in {record.seconds:.1f} s'})")
+        print(
+            f"archive {record.path} ({record.size / 1e6:.1f} MB, "
+            f"{'reused' if record.reused else f'built in {record.seconds:.1f} s'})"
+        )
     server = _server(args)
     started = time.monotonic()
     server.start()
@@ -115,9 +132,12 @@ def cmd_serve(args) -> int:
         f"inference   {server.url('inference')}/predictions/<model>\n"
         f"management  {server.url('management')}/models\n"
         f"metrics     {server.url('metrics')}/metrics\n"
-        + (f"OpenAI      {server.url('openai')} (base_url for the OpenAI clients; api_key: the inference key)\n"
-           if server.openai_address else "") +
-        f"gRPC        {server.properties.get('grpc_inference_address', '127.0.0.1')}:"
+        + (
+            f"OpenAI      {server.url('openai')} (base_url for the OpenAI clients; api_key: the inference key)\n"
+            if server.openai_address
+            else ""
+        )
+        + f"gRPC        {server.properties.get('grpc_inference_address', '127.0.0.1')}:"
         f"{server.properties.get('grpc_inference_port', '7070')} (inference), "
         f"{server.grpc_management_address} (management)\n"
         f"keys        {server.key_file} (send 'Authorization: Bearer <key>'; "
@@ -157,10 +177,16 @@ def _openai_samples(server: Server, versions) -> None:
         else:
             continue
         started = time.monotonic()
-        answer = requests.post(f"{server.url('openai')}/{route}", json=body, timeout=120,
-                               headers={"Authorization": f"Bearer {server.keys().get('inference', '')}"})
-        print(f"OpenAI request to {server.url('openai')}/{route} ({(time.monotonic() - started) * 1000:.0f} ms, "
-              f"HTTP {answer.status_code}): {json.dumps(body)}")
+        answer = requests.post(
+            f"{server.url('openai')}/{route}",
+            json=body,
+            timeout=120,
+            headers={"Authorization": f"Bearer {server.keys().get('inference', '')}"},
+        )
+        print(
+            f"OpenAI request to {server.url('openai')}/{route} ({(time.monotonic() - started) * 1000:.0f} ms, "
+            f"HTTP {answer.status_code}): {json.dumps(body)}"
+        )
         print(f"answer: {json.dumps(_short(answer.json()))}")
 
 
@@ -176,9 +202,15 @@ def cmd_export(args) -> int:
     res = deploy.resources(args.cpu, args.memory, args.gpus)
     if args.target == "kserve":
         written = deploy.export_kserve(
-            mv, Path(args.model_store), Path(args.out), args.storage_uri, res,
-            min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-            canary_percent=args.canary, manifest_only=args.manifest_only,
+            mv,
+            Path(args.model_store),
+            Path(args.out),
+            args.storage_uri,
+            res,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            canary_percent=args.canary,
+            manifest_only=args.manifest_only,
         )
     else:
         written = deploy.export_kubernetes(mv, Path(args.out), args.image, res, args.replicas)
@@ -208,19 +240,34 @@ def cmd_status(args) -> int:
     rows = [v for name in names for v in management.describe(name)]
     if args.json:
         run = RunDir(args.run_dir)
-        print(json.dumps({
-            "inference_url": run.address("inference"),
-            "management_url": run.address("management"),
-            "metrics_url": run.address("metrics"),
-            "openai_base_url": run.address("openai"),
-            "models": [asdict(r) for r in rows],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "inference_url": run.address("inference"),
+                    "management_url": run.address("management"),
+                    "metrics_url": run.address("metrics"),
+                    "openai_base_url": run.address("openai"),
+                    "models": [asdict(r) for r in rows],
+                },
+                indent=2,
+            )
+        )
         return 0
     _table(
         ("MODEL", "VERSION", "DEFAULT", "WORKERS", "MIN-MAX", "BATCH", "DELAY(ms)", "QUEUED"),
-        [(r.name, r.version, "*" if r.is_default else "", f"{r.ready_workers}/{len(r.workers)} ready",
-          f"{r.min_workers}-{r.max_workers}", str(r.batch_size), str(r.max_batch_delay), str(r.pending_requests))
-         for r in rows],
+        [
+            (
+                r.name,
+                r.version,
+                "*" if r.is_default else "",
+                f"{r.ready_workers}/{len(r.workers)} ready",
+                f"{r.min_workers}-{r.max_workers}",
+                str(r.batch_size),
+                str(r.max_batch_delay),
+                str(r.pending_requests),
+            )
+            for r in rows
+        ],
     )
     return 0
 
@@ -241,11 +288,35 @@ def _status_metrics(args) -> int:
         return "-" if value is None else f"{value:,.{digits}f}"
 
     _table(
-        ("MODEL", "VERSION", "TASK", "OK", "REFUSED", "INPUTS", "BATCH(mean)", "TOKENS IN", "TOKENS OUT",
-         "MODEL ms(mean)", "1ST TOKEN ms(mean)"),
-        [(f.model, f.version, f.task, num(f.ok), num(f.refused), num(f.inputs), num(f.mean_batch, 1),
-          num(f.input_tokens), num(f.generated_tokens), num(f.mean_inference_ms, 1), num(f.mean_first_token_ms, 1))
-         for f in figures],
+        (
+            "MODEL",
+            "VERSION",
+            "TASK",
+            "OK",
+            "REFUSED",
+            "INPUTS",
+            "BATCH(mean)",
+            "TOKENS IN",
+            "TOKENS OUT",
+            "MODEL ms(mean)",
+            "1ST TOKEN ms(mean)",
+        ),
+        [
+            (
+                f.model,
+                f.version,
+                f.task,
+                num(f.ok),
+                num(f.refused),
+                num(f.inputs),
+                num(f.mean_batch, 1),
+                num(f.input_tokens),
+                num(f.generated_tokens),
+                num(f.mean_inference_ms, 1),
+                num(f.mean_first_token_ms, 1),
+            )
+            for f in figures
+        ],
     )
     return 0
 
@@ -265,20 +336,27 @@ def _done(args, result: dict) -> int:
 
 def cmd_register(args) -> int:
     mv = find_spec(args.name, Path(args.models_dir)).version(args.version)
-    record = archive.build(mv, Path(args.model_store), log=lambda line: None if args.json else print(line),
-                           refuse_tampered=True)
+    record = archive.build(
+        mv, Path(args.model_store), log=lambda line: None if args.json else print(line), refuse_tampered=True
+    )
     workers = mv.runtime.minWorkers if args.workers is None else args.workers
     if mv.runtime.continuousBatching and workers > 1:
         raise SpecError(f"{mv.name} {mv.version}: --workers {workers}: {ONE_WORKER}")
     management, _ = _clients(args)
     message = management.register(mv.archive_name, initial_workers=workers, timeout=mv.runtime.startupTimeout + 60)
     [status] = management.describe(mv.name, mv.version)
-    return _done(args, {
-        "model": mv.name, "version": mv.version, "archive": record.path, "default": status.is_default,
-        "ready_workers": status.ready_workers,
-        "message": f"{message}: {mv.name} {mv.version}, {status.ready_workers} workers READY"
-                   f"{', default' if status.is_default else ', not default (transerve rollout or promote makes it default)'}",
-    })
+    return _done(
+        args,
+        {
+            "model": mv.name,
+            "version": mv.version,
+            "archive": record.path,
+            "default": status.is_default,
+            "ready_workers": status.ready_workers,
+            "message": f"{message}: {mv.name} {mv.version}, {status.ready_workers} workers READY"
+            f"{', default' if status.is_default else ', not default (transerve rollout or promote makes it default)'}",
+        },
+    )
 
 
 def _spec_or_none(args):
@@ -294,8 +372,16 @@ def _drain_before_stopping(args, management, inference, version: str | None) -> 
     their jobs back in a queue no worker takes): drain it first, as a rollout does. Without a spec:
     the longest bound, and the drain route tried."""
     version = version or management.default_version(args.name)
-    drain(management, inference, Path(args.run_dir), _spec_or_none(args), version, args.drain_timeout, print,
-          name=args.name)
+    drain(
+        management,
+        inference,
+        Path(args.run_dir),
+        _spec_or_none(args),
+        version,
+        args.drain_timeout,
+        print,
+        name=args.name,
+    )
 
 
 def cmd_scale(args) -> int:
@@ -312,15 +398,23 @@ def cmd_scale(args) -> int:
     if args.workers == 0 and maximum == 0:
         _drain_before_stopping(args, management, inference, args.version)
     management.scale(args.name, args.workers, maximum, version=args.version)
-    [status] = management.describe(args.name, args.version) if args.version else [
-        s for s in management.describe(args.name) if s.is_default
-    ]
-    return _done(args, {
-        "model": args.name, "version": status.version, "min_workers": status.min_workers,
-        "max_workers": status.max_workers, "ready_workers": status.ready_workers,
-        "message": f"{args.name} {status.version}: {status.ready_workers}/{len(status.workers)} workers READY "
-                   f"(min {status.min_workers}, max {status.max_workers})",
-    })
+    [status] = (
+        management.describe(args.name, args.version)
+        if args.version
+        else [s for s in management.describe(args.name) if s.is_default]
+    )
+    return _done(
+        args,
+        {
+            "model": args.name,
+            "version": status.version,
+            "min_workers": status.min_workers,
+            "max_workers": status.max_workers,
+            "ready_workers": status.ready_workers,
+            "message": f"{args.name} {status.version}: {status.ready_workers}/{len(status.workers)} workers READY "
+            f"(min {status.min_workers}, max {status.max_workers})",
+        },
+    )
 
 
 def cmd_unregister(args) -> int:
@@ -339,8 +433,13 @@ def cmd_validate(args) -> int:
 def _rollouts(args) -> Rollouts:
     management, inference = _clients(args)
     return Rollouts(
-        management, inference, Path(args.model_store), Path(args.run_dir), log=print,
-        drain_timeout=args.drain_timeout, keep=args.keep,
+        management,
+        inference,
+        Path(args.model_store),
+        Path(args.run_dir),
+        log=print,
+        drain_timeout=args.drain_timeout,
+        keep=args.keep,
     )
 
 
@@ -364,22 +463,37 @@ def cmd_rollback(args) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="transerve", description=__doc__)
     env = os.environ.get
-    top.add_argument("--model-store", default=env("TRANSERVE_MODEL_STORE", str(archive.STORE)),
-                     help="where archives are built and served from (default: $TRANSERVE_MODEL_STORE, else model_store/)")
-    top.add_argument("--run-dir", default=env("TRANSERVE_RUN_DIR", str(RUN_DIR)),
-                     help="TorchServe's working dir: effective config, keys, logs (default: $TRANSERVE_RUN_DIR, else .transerve/)")
+    top.add_argument(
+        "--model-store",
+        default=env("TRANSERVE_MODEL_STORE", str(archive.STORE)),
+        help="where archives are built and served from (default: $TRANSERVE_MODEL_STORE, else model_store/)",
+    )
+    top.add_argument(
+        "--run-dir",
+        default=env("TRANSERVE_RUN_DIR", str(RUN_DIR)),
+        help="TorchServe's working dir: effective config, keys, logs (default: $TRANSERVE_RUN_DIR, else .transerve/)",
+    )
     top.add_argument("--models-dir", default=str(MODELS_DIR), help="where the model specs (NAME/model.yaml) are")
     top.add_argument("--management-key", help="management API key (default: read from the run dir's key_file.json)")
     top.add_argument("--inference-key", help="inference API key (default: read from the run dir's key_file.json)")
     verbs = top.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("init", help="write models/NAME/model.yaml for a model folder or Hub id, task read from the model")
+    p = verbs.add_parser(
+        "init", help="write models/NAME/model.yaml for a model folder or Hub id, task read from the model"
+    )
     p.add_argument("name", help="the model's name in TorchServe (and its folder under models/)")
-    p.add_argument("--source", required=True, metavar="PATH|ORG/NAME",
-                   help="a folder saved by transformers or sentence-transformers, or a Hugging Face Hub id")
+    p.add_argument(
+        "--source",
+        required=True,
+        metavar="PATH|ORG/NAME",
+        help="a folder saved by transformers or sentence-transformers, or a Hugging Face Hub id",
+    )
     p.add_argument("--revision", help="Hub sources: a commit, branch or tag (default main); the spec pins its commit")
-    p.add_argument("--task", help="embedding | classification | token_classification | generation "
-                                  "(default: read from config.json or modules.json)")
+    p.add_argument(
+        "--task",
+        help="embedding | classification | token_classification | generation "
+        "(default: read from config.json or modules.json)",
+    )
     p.set_defaults(run=cmd_init)
 
     p = verbs.add_parser("archive", help="build model_store/NAME-VERSION.mar from models/NAME/model.yaml")
@@ -395,16 +509,29 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_serve)
 
     p = verbs.add_parser("run", help="TorchServe in the foreground serving built archives (the container entrypoint)")
-    p.add_argument("--models", default=os.environ.get("TRANSERVE_MODELS", ""),
-                   help="NAME[:VERSION],... (default: $TRANSERVE_MODELS); a bare NAME is its spec's default version")
-    p.add_argument("--config", default=os.environ.get("TRANSERVE_CONFIG", str(CONFIG_TEMPLATE)),
-                   help="config.properties to start from (default: $TRANSERVE_CONFIG, else the repository's)")
-    p.add_argument("--ready-timeout", type=float, default=float(os.environ.get("TRANSERVE_READY_TIMEOUT", 600)),
-                   help="seconds for every model to have a READY worker before giving up (default 600)")
+    p.add_argument(
+        "--models",
+        default=os.environ.get("TRANSERVE_MODELS", ""),
+        help="NAME[:VERSION],... (default: $TRANSERVE_MODELS); a bare NAME is its spec's default version",
+    )
+    p.add_argument(
+        "--config",
+        default=os.environ.get("TRANSERVE_CONFIG", str(CONFIG_TEMPLATE)),
+        help="config.properties to start from (default: $TRANSERVE_CONFIG, else the repository's)",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=float(os.environ.get("TRANSERVE_READY_TIMEOUT", 600)),
+        help="seconds for every model to have a READY worker before giving up (default 600)",
+    )
     p.set_defaults(run=cmd_run)
 
-    p = verbs.add_parser("export", help="deployment files for one version: KServe's layout and InferenceService, "
-                                        "or a Kubernetes Deployment + Service")
+    p = verbs.add_parser(
+        "export",
+        help="deployment files for one version: KServe's layout and InferenceService, "
+        "or a Kubernetes Deployment + Service",
+    )
     p.add_argument("target", choices=("kserve", "k8s"))
     p.add_argument("name")
     p.add_argument("version")
@@ -412,11 +539,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", default="2", help="CPU request and limit per replica (default 2)")
     p.add_argument("--memory", default="4Gi", help="memory request and limit per replica (default 4Gi)")
     p.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu per replica (default 0)")
-    p.add_argument("--storage-uri", help="kserve: where --out is uploaded (default pvc://transerve-models/NAME/VERSION)")
+    p.add_argument(
+        "--storage-uri", help="kserve: where --out is uploaded (default pvc://transerve-models/NAME/VERSION)"
+    )
     p.add_argument("--min-replicas", type=int, default=1, help="kserve: default 1 (0 lets KServe scale to zero)")
     p.add_argument("--max-replicas", type=int, default=1, help="kserve: default 1")
-    p.add_argument("--canary", type=int, metavar="PERCENT",
-                   help="kserve: canaryTrafficPercent, the share of traffic this version gets while it is new")
+    p.add_argument(
+        "--canary",
+        type=int,
+        metavar="PERCENT",
+        help="kserve: canaryTrafficPercent, the share of traffic this version gets while it is new",
+    )
     p.add_argument("--manifest-only", action="store_true", help="kserve: only the InferenceService, no archive")
     p.add_argument("--image", default="transerve:latest", help="k8s: the image built from the Dockerfile")
     p.add_argument("--replicas", type=int, default=2, help="k8s: default 2")
@@ -443,8 +576,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="default: the default version")
     p.add_argument("--workers", type=int, required=True, help="minimum workers (0 stops them all)")
     p.add_argument("--max-workers", type=int, help="maximum workers (default: --workers)")
-    p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
-                   help="scaling to 0: how long the version may go on answering what it holds before the rest is ended")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="scaling to 0: how long the version may go on answering what it holds before the rest is ended",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_scale)
 
@@ -457,8 +594,12 @@ def parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("unregister", help="unregister one version of a model (drained first)")
     p.add_argument("name")
     p.add_argument("version")
-    p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
-                   help="how long the version may go on answering what it holds before the rest is ended")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long the version may go on answering what it holds before the rest is ended",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_unregister)
 
@@ -472,12 +613,19 @@ def parser() -> argparse.ArgumentParser:
         if verb != "rollback":
             p.add_argument("version")
         if verb == "rollout":
-            p.add_argument("--canary", action="store_true",
-                           help="stop after the smoke test; the version answers at /predictions/NAME/VERSION only")
+            p.add_argument(
+                "--canary",
+                action="store_true",
+                help="stop after the smoke test; the version answers at /predictions/NAME/VERSION only",
+            )
         p.add_argument("--keep", type=int, default=2, help="versions kept registered for rollback (default 2)")
-        p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
-                       help="how long the old version may go on answering what it holds before what is left is ended "
-                            "(default: its spec's max_timeout for generation, responseTimeout otherwise)")
+        p.add_argument(
+            "--drain-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="how long the old version may go on answering what it holds before what is left is ended "
+            "(default: its spec's max_timeout for generation, responseTimeout otherwise)",
+        )
         p.set_defaults(run={"rollout": cmd_rollout, "promote": cmd_promote, "rollback": cmd_rollback}[verb])
     return top
 

@@ -29,7 +29,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_LEVELS = {4: logging.ERROR, 3: logging.WARNING}  # ggml_log_level: 4 error, 3 warn (info, debug and continuations dropped)
+_LEVELS = {
+    4: logging.ERROR,
+    3: logging.WARNING,
+}  # ggml_log_level: 4 error, 3 warn (info, debug and continuations dropped)
 _log_callback = None  # kept alive: llama.cpp calls it from C
 
 
@@ -103,7 +106,9 @@ class LlamaCppLM:
 
     def admit(self, rows: list, chunk: int | None) -> None:
         if len(rows) > len(self.free):
-            raise LlamaCppError(f"{len(rows)} rows to admit, {len(self.free)} sequences free (max_running {self.capacity})")
+            raise LlamaCppError(
+                f"{len(rows)} rows to admit, {len(self.free)} sequences free (max_running {self.capacity})"
+            )
         for row in rows:
             self.seq[row], self.fed[row] = self.free.pop(), 0
         self.prefilling += rows
@@ -126,12 +131,12 @@ class LlamaCppLM:
                 joined.append(row)
         outputs: list = []
         for begin in range(0, len(entries), self.batch_tokens):
-            self.decode(entries[begin:begin + self.batch_tokens], outputs)
+            self.decode(entries[begin : begin + self.batch_tokens], outputs)
         for row in joined:
             self.prefilling.remove(row)
             del self.fed[row]
         self.rows = outputs  # the logits' order
-        return torch.from_numpy(self.logits[:len(outputs)]) if outputs else None
+        return torch.from_numpy(self.logits[: len(outputs)]) if outputs else None
 
     def decode(self, entries: list, outputs: list) -> None:
         """One llama_decode of `entries`; the rows that get logits appended to `outputs`, their logits
@@ -149,7 +154,7 @@ class LlamaCppLM:
         if wanted:
             # in batch order (llama.h: "stored contiguously in the order they have appeared in the batch")
             got = np.ctypeslib.as_array(self.L.llama_get_logits(self.ctx), shape=(len(wanted), self.vocab))
-            self.logits[len(outputs):len(outputs) + len(wanted)] = got
+            self.logits[len(outputs) : len(outputs) + len(wanted)] = got
             outputs += wanted
 
     def evict(self, rows: list) -> None:

@@ -26,7 +26,9 @@ class OrtEngine:
 
         path = Path(model_dir) / GRAPH
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no ONNX graph; engine: onnxruntime archives carry the one transerve prepared")
+            raise FileNotFoundError(
+                f"{path}: no ONNX graph; engine: onnxruntime archives carry the one transerve prepared"
+            )
         options = onnxruntime.SessionOptions()
         # Workers x threads is the machine's cores, as with torch: one pool per worker, no
         # second pool between operators, and no spinning that would take a core from the other.
@@ -39,8 +41,11 @@ class OrtEngine:
             if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
             else:
-                logger.warning("transerve: this worker has %s, but the installed onnxruntime has no CUDA provider "
-                               "(install onnxruntime-gpu): the graph runs on the CPU", device)
+                logger.warning(
+                    "transerve: this worker has %s, but the installed onnxruntime has no CUDA provider "
+                    "(install onnxruntime-gpu): the graph runs on the CPU",
+                    device,
+                )
         self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"
         self.config = AutoConfig.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)

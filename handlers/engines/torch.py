@@ -33,7 +33,9 @@ def load_pretrained(auto_class, model_dir: str, cfg: HandlerConfig, device: torc
     """Weights from safetensors (pickle only where the spec allows it), in the configured dtype,
     on the worker's device, in eval mode; the model's own code only where the spec trusts it."""
     model = auto_class.from_pretrained(
-        model_dir, dtype=getattr(torch, cfg.dtype), use_safetensors=None if cfg.allow_pickle else True,
+        model_dir,
+        dtype=getattr(torch, cfg.dtype),
+        use_safetensors=None if cfg.allow_pickle else True,
         trust_remote_code=cfg.trust_remote_code,
     )
     model = model.to(device).eval()
@@ -83,9 +85,11 @@ class TorchLM:
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, r in enumerate(rows):
-            ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
-            mask[i, width - len(r.prompt):] = 1
-        self.group = Prefill(list(rows), ids.to(self.device), mask.to(self.device), chunk=width if chunk is None else max(1, chunk))
+            ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
+            mask[i, width - len(r.prompt) :] = 1
+        self.group = Prefill(
+            list(rows), ids.to(self.device), mask.to(self.device), chunk=width if chunk is None else max(1, chunk)
+        )
 
     def forward(self) -> torch.Tensor | None:
         logits = None
@@ -99,12 +103,12 @@ class TorchLM:
                 logits = joined if logits is None else torch.cat([logits, joined])
         return logits
 
-    def prefill(self, group: "Prefill") -> torch.Tensor | None:
+    def prefill(self, group: Prefill) -> torch.Tensor | None:
         """The group's next chunk; once the whole prompt is in, its rows join the running batch
         and their logits are returned."""
         end = min(group.done + group.chunk, group.ids.shape[1])
-        positions = (group.mask.cumsum(-1) - 1).clamp(min=0)[:, group.done:end]
-        logits = self.forward_model(group.ids[:, group.done:end], group.mask[:, :end], positions, group.cache)
+        positions = (group.mask.cumsum(-1) - 1).clamp(min=0)[:, group.done : end]
+        logits = self.forward_model(group.ids[:, group.done : end], group.mask[:, :end], positions, group.cache)
         group.done = end
         if end < group.ids.shape[1]:
             return None
@@ -155,10 +159,18 @@ class TorchLM:
 
     def forward_model(self, ids, mask, positions, cache) -> torch.Tensor:
         """The next-token logits of every row (float32)."""
-        return self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :].float()
+        return (
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1, :]
+            .float()
+        )
 
 
 @dataclass

@@ -24,8 +24,9 @@ or leaves around it, on any engine whose logits for a row do not depend on the o
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -210,7 +211,7 @@ class Decoder:
         elif row.stream:
             ready = safe_prefix(row.text, row.stops)
             if ready > row.sent:
-                deltas.append(Delta(row, row.text[row.sent:ready]))
+                deltas.append(Delta(row, row.text[row.sent : ready]))
                 row.sent = ready
         return row.finish is not None
 

@@ -5,7 +5,7 @@ whatever else is in the batch. Engine-neutral: the logits may come from torch or
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -91,9 +91,15 @@ class ContinuousScheduler:
         self.last = Step()
         self.draining = False  # drained: new requests get 503 until the worker goes
 
-    def iterate(self, ids: list[str], new: dict[int, Item | InputError], grpc: set[int],
-                cancels: dict[int, str] | None = None, drains: set[int] | None = None,
-                requeued: set[int] | None = None) -> list[Reply]:
+    def iterate(
+        self,
+        ids: list[str],
+        new: dict[int, Item | InputError],
+        grpc: set[int],
+        cancels: dict[int, str] | None = None,
+        drains: set[int] | None = None,
+        requeued: set[int] | None = None,
+    ) -> list[Reply]:
         """One call: `ids` this call's request ids by position; `new` the parsed requests seen
         for the first time (or why they are refused), `grpc` the positions that came over gRPC,
         `cancels` the positions that ask to cancel a request, with its id, `drains` those that ask
@@ -107,8 +113,11 @@ class ContinuousScheduler:
             if self.cancel(rid):
                 replies[idx] = Reply(json.dumps({"cancelled": rid}), None)
             else:
-                refused = InputError(f"no running request with id {short(rid)}: it ended, or never ran on this worker",
-                                     status=404, reason="unknown_request")
+                refused = InputError(
+                    f"no running request with id {short(rid)}: it ended, or never ran on this worker",
+                    status=404,
+                    reason="unknown_request",
+                )
                 replies[idx] = Reply("", None, refused)
         for idx in drains or ():
             replies[idx] = Reply(json.dumps({"drained": self.drain()}), None)
@@ -136,7 +145,12 @@ class ContinuousScheduler:
                 continue  # a gRPC answer is decoded to its end in its first call
             # The call ends when a client waits for what it has: a first token, or an answer's end
             # (its client sends its next request only then); else when the budget is spent.
-            if not self.decoder.busy or ended or self.last.first_token_seconds or time.perf_counter() - started >= budget:
+            if (
+                not self.decoder.busy
+                or ended
+                or self.last.first_token_seconds
+                or time.perf_counter() - started >= budget
+            ):
                 break
         for idx, rid in enumerate(ids):
             if idx not in replies:
@@ -149,9 +163,12 @@ class ContinuousScheduler:
             self.owner[delta.row].chunks.append(delta.text)
         self.last.ended["timeout"] += sum(r.finish == "timeout" for r in stepped.finished)
         self.last.generated += len(stepped.decoded)
-        self.last.first_token_seconds += [row.first_token_at - self.owner[row].arrived
-                                          for row in stepped.decoded if len(row.tokens) == 1]
-        self.last.per_token_seconds += [r.per_token_seconds for r in stepped.finished if r.per_token_seconds is not None]
+        self.last.first_token_seconds += [
+            row.first_token_at - self.owner[row].arrived for row in stepped.decoded if len(row.tokens) == 1
+        ]
+        self.last.per_token_seconds += [
+            r.per_token_seconds for r in stepped.finished if r.per_token_seconds is not None
+        ]
 
     def forget(self, gone: set[str]) -> None:
         """Requests the frontend dropped (their clients disconnected) leave the decoder."""
@@ -169,22 +186,33 @@ class ContinuousScheduler:
 
     def accept(self, rid: str, item: Item) -> Reply | None:
         if self.draining:
-            refused = InputError("this version is being retired (drained for a rollout): send the request without a "
-                                 "version, to the model's default, or retry", status=503, reason="draining")
+            refused = InputError(
+                "this version is being retired (drained for a rollout): send the request without a "
+                "version, to the model's default, or retry",
+                status=503,
+                reason="draining",
+            )
             return Reply("", None, refused)
         prompts = self.task.collate([item])
         if item.error is not None:
             return Reply("", None, item.error)
         if len(prompts.rows) > self.cfg.max_running:
-            refused = InputError(f"{len(prompts.rows)} prompts in one request; at most {self.cfg.max_running} decode at "
-                                 "once here (max_running): send fewer", status=413, reason="too_many_inputs")
+            refused = InputError(
+                f"{len(prompts.rows)} prompts in one request; at most {self.cfg.max_running} decode at "
+                "once here (max_running): send fewer",
+                status=413,
+                reason="too_many_inputs",
+            )
             return Reply("", None, refused)
         free = max(0, self.cfg.max_running - self.decoder.busy)  # rows this call can still admit
         if len(self.waiting) >= self.cfg.max_waiting + free:
             refused = InputError(
                 f"this model is busy: {self.decoder.busy} rows are decoding and {len(self.waiting)} requests "
                 f"are waiting (max_running {self.cfg.max_running}, max_waiting {self.cfg.max_waiting}); "
-                f"retry in {RETRY_AFTER_SECONDS} s", status=429, reason="busy")
+                f"retry in {RETRY_AFTER_SECONDS} s",
+                status=429,
+                reason="busy",
+            )
             return Reply("", None, refused)
         running = Running(item, prompts.rows)
         for row in running.rows:

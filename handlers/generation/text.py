@@ -23,7 +23,11 @@ class Text:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.value = ""
-        self.stream = None if getattr(tokenizer, "clean_up_tokenization_spaces", False) else DecodeStream(skip_special_tokens=True)
+        self.stream = (
+            None
+            if getattr(tokenizer, "clean_up_tokenization_spaces", False)
+            else DecodeStream(skip_special_tokens=True)
+        )
         self.held = False  # the last tokens end inside a character: value does not show them yet
 
     def add(self, tokens: list[int]) -> None:

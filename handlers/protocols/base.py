@@ -4,7 +4,8 @@ both transerve's shape (hf) and KServe's V1 predictions write."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -81,8 +82,11 @@ def value(result: Result) -> Any:
 
 
 def details(result: Generation) -> dict:
-    answer = {"finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
-              "generated_tokens": result.generated_tokens}
+    answer = {
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "generated_tokens": result.generated_tokens,
+    }
     if result.seed is not None:
         answer["seed"] = result.seed
     return answer

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from handlers.config import short
 from handlers.payload import InputError, Payload, check_messages, check_text, check_texts, read_body
@@ -51,10 +52,15 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
     if isinstance(body, str):
         return Payload(inputs=[check_text(body, 0, max_chars)], single=True, wire=HF())
     if not isinstance(body, dict):
-        raise InputError(f"body must be a JSON object or plain text, got a JSON {type(body).__name__}; expected e.g. {EXAMPLE}", reason="invalid_body")
+        raise InputError(
+            f"body must be a JSON object or plain text, got a JSON {type(body).__name__}; expected e.g. {EXAMPLE}",
+            reason="invalid_body",
+        )
     unknown = sorted(set(body) - set(TOP_LEVEL_KEYS))
     if unknown:
-        raise InputError(f"unknown key {short(unknown[0])} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}", reason="unknown_key")
+        raise InputError(
+            f"unknown key {short(unknown[0])} in body; allowed keys: {', '.join(TOP_LEVEL_KEYS)}", reason="unknown_key"
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InputError(f"'stream' must be true or false, got {short(stream)}", reason="invalid_body")
@@ -73,8 +79,12 @@ def decode(row: Any, max_inputs: int, max_chars: int) -> Payload:
         raise InputError(f"body has no 'inputs'; expected e.g. {EXAMPLE}", reason="missing_inputs")
     raw = body["inputs"]
     if isinstance(raw, str):
-        return Payload(inputs=[check_text(raw, 0, max_chars)], single=True, parameters=parameters, stream=stream, wire=HF())
+        return Payload(
+            inputs=[check_text(raw, 0, max_chars)], single=True, parameters=parameters, stream=stream, wire=HF()
+        )
     if not isinstance(raw, list):
-        raise InputError(f"'inputs' must be a string or a list of strings, got {type(raw).__name__}", reason="invalid_body")
+        raise InputError(
+            f"'inputs' must be a string or a list of strings, got {type(raw).__name__}", reason="invalid_body"
+        )
     inputs = check_texts(raw, "inputs", max_inputs, max_chars)
     return Payload(inputs=inputs, single=False, parameters=parameters, stream=stream, wire=HF())

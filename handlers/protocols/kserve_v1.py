@@ -4,7 +4,8 @@ Errors keep the HF shape's body (KServe passes the worker's body through)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from handlers.payload import InputError, Payload, check_texts
 from handlers.protocols.base import Protocol, dumps, value

@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,22 +34,61 @@ ROUTE_OF = {"generation": f"/{CHAT} or /{COMPLETIONS}", "embedding": f"/{EMBEDDI
 # OpenAI parameters transerve does not implement: accepted only with the value that means
 # "off" (what OpenAI does when they are left out).
 NEUTRAL = {
-    "n": (1,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False,),
-    "top_logprobs": (0,), "logit_bias": ({},), "echo": (False,), "best_of": (1,), "suffix": ("",),
-    "tools": ([],), "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
-    "parallel_tool_calls": (False, True), "response_format": ({"type": "text"},), "store": (False,),
-    "modalities": (["text"],), "audio": (), "prediction": (), "reasoning_effort": (), "service_tier": ("auto", "default"),
-    "web_search_options": (), "metadata": ({},), "verbosity": (), "prompt_cache_key": (), "safety_identifier": (),
+    "n": (1,),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "echo": (False,),
+    "best_of": (1,),
+    "suffix": ("",),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "parallel_tool_calls": (False, True),
+    "response_format": ({"type": "text"},),
+    "store": (False,),
+    "modalities": (["text"],),
+    "audio": (),
+    "prediction": (),
+    "reasoning_effort": (),
+    "service_tier": ("auto", "default"),
+    "web_search_options": (),
+    "metadata": ({},),
+    "verbosity": (),
+    "prompt_cache_key": (),
+    "safety_identifier": (),
 }
 WHY = {
     "n": "one choice per prompt (n=1); send the request n times, with different seeds",
-    "presence_penalty": "repetition_penalty (an extension) instead", "frequency_penalty": "repetition_penalty (an extension) instead",
-    "logprobs": "no log probabilities", "top_logprobs": "no log probabilities", "echo": "no echo of the prompt",
-    "best_of": "one completion per prompt", "tools": "no tool calling", "tool_choice": "no tool calling",
-    "functions": "no function calling", "function_call": "no function calling", "response_format": "plain text answers only",
+    "presence_penalty": "repetition_penalty (an extension) instead",
+    "frequency_penalty": "repetition_penalty (an extension) instead",
+    "logprobs": "no log probabilities",
+    "top_logprobs": "no log probabilities",
+    "echo": "no echo of the prompt",
+    "best_of": "one completion per prompt",
+    "tools": "no tool calling",
+    "tool_choice": "no tool calling",
+    "functions": "no function calling",
+    "function_call": "no function calling",
+    "response_format": "plain text answers only",
 }
-GENERATION = ("model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options", "user",
-              "top_k", "repetition_penalty", "ignore_eos")
+GENERATION = (
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "user",
+    "top_k",
+    "repetition_penalty",
+    "ignore_eos",
+)
 KEYS = {
     CHAT: ("messages", "max_completion_tokens", *GENERATION),
     COMPLETIONS: ("prompt", *GENERATION),
@@ -82,39 +122,59 @@ class OpenAI(Protocol):
 
     def decode(self, row: Any, task) -> Payload:
         if self.route not in ROUTES:
-            raise InputError(f"no such path: /{short(self.route)[1:-1]}; the OpenAI routes are "
-                             f"{', '.join('/' + r for r in ROUTES)}", status=404, reason="unknown_path")
+            raise InputError(
+                f"no such path: /{short(self.route)[1:-1]}; the OpenAI routes are {', '.join('/' + r for r in ROUTES)}",
+                status=404,
+                reason="unknown_path",
+            )
         if self.route == MODELS:
             return Payload(inputs=[], single=True, wire=self)
         body = read_body(row, EXAMPLES[self.route])
         if not isinstance(body, dict):
-            raise InputError(f"the body must be a JSON object, as the OpenAI API takes it; got {kind(body)}", reason="invalid_body")
+            raise InputError(
+                f"the body must be a JSON object, as the OpenAI API takes it; got {kind(body)}", reason="invalid_body"
+            )
         if task.name != TASK_OF[self.route]:
-            raise InputError(f"/{self.route} is not served by this model: its task is {task.name}, served on "
-                             f"{ROUTE_OF.get(task.name, 'the HF route only')}", status=404, reason="unknown_path")
+            raise InputError(
+                f"/{self.route} is not served by this model: its task is {task.name}, served on "
+                f"{ROUTE_OF.get(task.name, 'the HF route only')}",
+                status=404,
+                reason="unknown_path",
+            )
         for key in sorted(body):
             if key in NEUTRAL and key not in KEYS[self.route]:
                 if body[key] is None or body[key] in NEUTRAL[key]:
                     continue
                 raise refuse(key, f"'{key}' is not supported by transerve: {WHY.get(key, 'not implemented')}")
             if key not in KEYS[self.route]:
-                raise refuse(key, f"unknown parameter {short(key)} for /{self.route}; known: {', '.join(KEYS[self.route])}",
-                             "unknown_key")
+                raise refuse(
+                    key,
+                    f"unknown parameter {short(key)} for /{self.route}; known: {', '.join(KEYS[self.route])}",
+                    "unknown_key",
+                )
         for key in REQUIRED[self.route]:
             if body.get(key) is None:
                 raise refuse(key, f"'{key}' is required", "missing_inputs")
         if body["model"] != self.model:
-            raise InputError(f"The model {short(body['model'])} does not exist: this route serves {self.model!r}",
-                             status=404, reason="model_not_found")
+            raise InputError(
+                f"The model {short(body['model'])} does not exist: this route serves {self.model!r}",
+                status=404,
+                reason="model_not_found",
+            )
         cfg = task.cfg
         if self.route == EMBEDDINGS:
             return self.embeddings(body, task)
         parameters, stream = self.generation(body)
         if self.route == CHAT:
             messages = chat_messages(body["messages"])
-            return Payload(inputs=[], single=True, parameters=parameters,
-                           messages=check_messages(messages, cfg.max_inputs_per_request, cfg.max_chars_per_input),
-                           stream=stream, wire=self)
+            return Payload(
+                inputs=[],
+                single=True,
+                parameters=parameters,
+                messages=check_messages(messages, cfg.max_inputs_per_request, cfg.max_chars_per_input),
+                stream=stream,
+                wire=self,
+            )
         prompts = texts(body["prompt"], "prompt", cfg.max_inputs_per_request, cfg.max_chars_per_input)
         if stream and len(prompts) > 1:
             raise refuse("prompt", "stream a single prompt; send a list of prompts without 'stream'")
@@ -130,7 +190,9 @@ class OpenAI(Protocol):
             if not stream:
                 raise refuse("stream_options", "'stream_options' is only allowed when 'stream' is true")
             if not isinstance(options, dict) or set(options) - {"include_usage", "include_obfuscation"}:
-                raise refuse("stream_options", f"'stream_options' takes {{\"include_usage\": true}}, got {short(options)}")
+                raise refuse(
+                    "stream_options", f"'stream_options' takes {{\"include_usage\": true}}, got {short(options)}"
+                )
             self.usage_chunk = bool(options.get("include_usage"))
         params: dict[str, Any] = {}
         limits = [body.get(k) for k in ("max_tokens", "max_completion_tokens") if body.get(k) is not None]
@@ -160,11 +222,17 @@ class OpenAI(Protocol):
             raise refuse("encoding_format", f"'encoding_format' must be 'float' or 'base64', got {short(encoding)}")
         dimensions = body.get("dimensions")
         if dimensions is not None and dimensions != task.dimensions:
-            raise refuse("dimensions", f"this model's embeddings have {task.dimensions} dimensions and cannot be "
-                         f"shortened; leave 'dimensions' out or send {task.dimensions}, got {short(dimensions)}")
+            raise refuse(
+                "dimensions",
+                f"this model's embeddings have {task.dimensions} dimensions and cannot be "
+                f"shortened; leave 'dimensions' out or send {task.dimensions}, got {short(dimensions)}",
+            )
         self.base64 = encoding == "base64"
-        return Payload(inputs=texts(body["input"], "input", cfg.max_inputs_per_request, cfg.max_chars_per_input),
-                       single=False, wire=self)
+        return Payload(
+            inputs=texts(body["input"], "input", cfg.max_inputs_per_request, cfg.max_chars_per_input),
+            single=False,
+            wire=self,
+        )
 
     def ready(self) -> str | None:
         if self.route != MODELS:
@@ -177,16 +245,39 @@ class OpenAI(Protocol):
         if self.route == EMBEDDINGS:
             data = [{"object": "embedding", "index": i, "embedding": self.vector(r)} for i, r in enumerate(results)]
             tokens = sum(r.tokens for r in results)
-            return dumps({"object": "list", "data": data, "model": self.model,
-                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+            return dumps(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": self.model,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            )
         if self.route == CHAT:
-            choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
-                        "finish_reason": finish(r)} for i, r in enumerate(results)]
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": r.text},
+                    "logprobs": None,
+                    "finish_reason": finish(r),
+                }
+                for i, r in enumerate(results)
+            ]
         else:
-            choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": finish(r)}
-                       for i, r in enumerate(results)]
-        return dumps({"id": self.id, "object": self.object, "created": self.created, "model": self.model,
-                           "choices": choices, "usage": usage(results)})
+            choices = [
+                {"index": i, "text": r.text, "logprobs": None, "finish_reason": finish(r)}
+                for i, r in enumerate(results)
+            ]
+        return dumps(
+            {
+                "id": self.id,
+                "object": self.object,
+                "created": self.created,
+                "model": self.model,
+                "choices": choices,
+                "usage": usage(results),
+            }
+        )
 
     def vector(self, result: Embedding) -> list[float] | str:
         if not self.base64:
@@ -220,8 +311,13 @@ class OpenAI(Protocol):
         return sse(self.chunk([choice]))
 
     def chunk(self, choices: list, usage_: dict | None = None) -> dict:
-        chunk = {"id": self.id, "object": f"{self.object}.chunk" if self.route == CHAT else self.object,
-                 "created": self.created, "model": self.model, "choices": choices}
+        chunk = {
+            "id": self.id,
+            "object": f"{self.object}.chunk" if self.route == CHAT else self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
         if self.usage_chunk:
             chunk["usage"] = usage_
         return chunk
@@ -247,8 +343,16 @@ def model_card(name: str, created: int) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "transerve"}
 
 
-ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-               429: "rate_limit_error", 500: "server_error", 502: "server_error", 503: "server_error", 504: "server_error"}
+ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
 
 
 def error_body(status: int, message: str, param_: str | None = None, code: str | None = None) -> str:
@@ -299,24 +403,41 @@ def chat_messages(messages: Any) -> list[dict]:
     """OpenAI's messages as {role, content} strings: content as a string or a list of text parts
     (joined by newlines), the `developer` role as `system`. Tool calls, images and names are refused."""
     if not isinstance(messages, list):
-        raise refuse("messages", f"'messages' must be a list of {{role, content}} objects, got {short(messages)}", "invalid_messages")
+        raise refuse(
+            "messages",
+            f"'messages' must be a list of {{role, content}} objects, got {short(messages)}",
+            "invalid_messages",
+        )
     plain = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise refuse("messages", f"messages[{i}] must be an object with 'role' and 'content'", "invalid_messages")
         extra = sorted(set(message) - {"role", "content"})
         if extra:
-            raise refuse("messages", f"messages[{i}].{extra[0]} is not supported: transerve passes role and text "
-                         "content to the chat template, nothing else", "invalid_messages")
+            raise refuse(
+                "messages",
+                f"messages[{i}].{extra[0]} is not supported: transerve passes role and text "
+                "content to the chat template, nothing else",
+                "invalid_messages",
+            )
         role, content = message.get("role"), message.get("content")
         role = "system" if role == "developer" else role
         if role not in ROLES:
-            raise refuse("messages", f"messages[{i}].role must be one of system, developer, user, assistant; "
-                         f"got {short(role)}", "invalid_messages")
+            raise refuse(
+                "messages",
+                f"messages[{i}].role must be one of system, developer, user, assistant; got {short(role)}",
+                "invalid_messages",
+            )
         if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-                raise refuse("messages", f"messages[{i}].content: only text parts ({{\"type\": \"text\", \"text\": ...}}) "
-                             "are supported: this model reads text", "invalid_messages")
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
+                raise refuse(
+                    "messages",
+                    f'messages[{i}].content: only text parts ({{"type": "text", "text": ...}}) '
+                    "are supported: this model reads text",
+                    "invalid_messages",
+                )
             content = "\n".join(p["text"] for p in content)
         plain.append({"role": role, "content": content})
     return plain

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer
@@ -49,9 +50,15 @@ class Task(abc.ABC):
 
     def parse(self, payload: Payload) -> Item:
         if payload.messages is not None and not self.chat:
-            raise InputError(f"'messages' is for chat models; this model's task is {self.name}: send 'inputs'", reason="unsupported_for_task")
+            raise InputError(
+                f"'messages' is for chat models; this model's task is {self.name}: send 'inputs'",
+                reason="unsupported_for_task",
+            )
         if payload.stream and not self.streams:
-            raise InputError(f"'stream' is for text generation; this model's task is {self.name}, answered in one response", reason="unsupported_for_task")
+            raise InputError(
+                f"'stream' is for text generation; this model's task is {self.name}, answered in one response",
+                reason="unsupported_for_task",
+            )
         try:
             params = parse_dataclass(self.Params, payload.parameters, "parameters")
         except ConfigError as e:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -16,8 +16,8 @@ from handlers.tasks.base import EncoderTask, Item, Tokens
 
 @dataclass(frozen=True)
 class ClassificationParams:
-    top_k: Optional[int] = 1  # null: every label
-    truncate: Optional[bool] = None
+    top_k: int | None = 1  # null: every label
+    truncate: bool | None = None
 
 
 class ClassificationTask(EncoderTask):
@@ -40,7 +40,10 @@ class ClassificationTask(EncoderTask):
     def parse(self, payload: Payload) -> Item:
         item = super().parse(payload)
         if item.params.top_k is not None and item.params.top_k < 1:
-            raise InputError(f"parameters.top_k must be >= 1 or null (every label), got {item.params.top_k}", reason="invalid_parameter")
+            raise InputError(
+                f"parameters.top_k must be >= 1 or null (every label), got {item.params.top_k}",
+                reason="invalid_parameter",
+            )
         return item
 
     def collate(self, items: Sequence[Item]) -> Tokens | None:
@@ -53,6 +56,10 @@ class ClassificationTask(EncoderTask):
     def results(self, item: Item, outputs: list) -> list[Labels]:
         top_k = item.params.top_k
         return [
-            Labels(sorted((Label(label, score) for label, score in zip(self.labels, scores)), key=lambda l: -l.score)[:top_k])
+            Labels(
+                sorted(
+                    (Label(label, score) for label, score in zip(self.labels, scores)), key=lambda label: -label.score
+                )[:top_k]
+            )
             for scores in outputs
         ]

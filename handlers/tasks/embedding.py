@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +15,8 @@ from handlers.tasks.base import EncoderTask, Item, Tokens
 
 @dataclass(frozen=True)
 class EmbeddingParams:
-    normalize: Optional[bool] = None  # None: the model's configured default
-    truncate: Optional[bool] = None
+    normalize: bool | None = None  # None: the model's configured default
+    truncate: bool | None = None
 
 
 @dataclass

@@ -13,8 +13,8 @@ import dataclasses
 import os
 import random
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
@@ -33,21 +33,24 @@ MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class GenerationParams:
-    max_new_tokens: Optional[int] = None  # None: the model's default_max_new_tokens
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    top_k: Optional[int] = None
-    do_sample: Optional[bool] = None  # None: sample when temperature, top_p or top_k is given
-    repetition_penalty: Optional[float] = None
-    stop: Optional[Union[str, list]] = None  # the answer ends before the first of these
-    seed: Optional[int] = None
-    truncate: Optional[bool] = None  # over max_length: keep the prompt's end (true) or 413
-    ignore_eos: Optional[bool] = None  # generate max_new_tokens even past end-of-text (benchmarks)
-    timeout: Optional[float] = None  # seconds from arrival; then the answer ends, finish_reason "timeout"
+    max_new_tokens: int | None = None  # None: the model's default_max_new_tokens
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    do_sample: bool | None = None  # None: sample when temperature, top_p or top_k is given
+    repetition_penalty: float | None = None
+    stop: str | list | None = None  # the answer ends before the first of these
+    seed: int | None = None
+    truncate: bool | None = None  # over max_length: keep the prompt's end (true) or 413
+    ignore_eos: bool | None = None  # generate max_new_tokens even past end-of-text (benchmarks)
+    timeout: float | None = None  # seconds from arrival; then the answer ends, finish_reason "timeout"
 
     def check(self):
         if self.temperature is not None and not 0.01 <= self.temperature <= 100:
-            yield "temperature", f"must be >= 0.01 and <= 100, got {self.temperature} (for greedy decoding send do_sample: false)"
+            yield (
+                "temperature",
+                f"must be >= 0.01 and <= 100, got {self.temperature} (for greedy decoding send do_sample: false)",
+            )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             yield "top_p", f"must be > 0 and <= 1, got {self.top_p}"
         if self.top_k is not None and self.top_k < 1:
@@ -110,8 +113,13 @@ class GenerationTask(Task):
             # A sequence holds the longest prompt and the longest answer; the batch, a token of
             # every running row and a prefill budget's prompt tokens.
             positions = min(self.max_positions, self.max_length + cfg.max_new_tokens)
-            self.engine = LlamaCppLM(find_gguf(model_dir), rows=cfg.max_running, positions=positions,
-                                     batch_tokens=cfg.max_running + cfg.prefill_tokens, threads=cfg.threads or os.cpu_count() or 1)
+            self.engine = LlamaCppLM(
+                find_gguf(model_dir),
+                rows=cfg.max_running,
+                positions=positions,
+                batch_tokens=cfg.max_running + cfg.prefill_tokens,
+                threads=cfg.threads or os.cpu_count() or 1,
+            )
             if self.engine.vocab != self.vocab_size:
                 raise ValueError(f"the GGUF file has {self.engine.vocab} tokens, its saved config {self.vocab_size}")
 
@@ -120,16 +128,20 @@ class GenerationTask(Task):
         params = item.params
         if params.max_new_tokens is not None and params.max_new_tokens > self.cfg.max_new_tokens:
             raise InputError(
-                f"parameters.max_new_tokens: {params.max_new_tokens} is above this model's limit {self.cfg.max_new_tokens}",
+                f"parameters.max_new_tokens: {params.max_new_tokens} is above this model's limit "
+                f"{self.cfg.max_new_tokens}",
                 reason="invalid_parameter",
             )
         if params.timeout is not None and params.timeout > self.cfg.max_timeout:
             raise InputError(
-                f"parameters.timeout: {params.timeout} s is above this model's limit {self.cfg.max_timeout} s (max_timeout)",
+                f"parameters.timeout: {params.timeout} s is above this model's limit "
+                f"{self.cfg.max_timeout} s (max_timeout)",
                 reason="invalid_parameter",
             )
         if payload.stream and len(payload.inputs) > 1:
-            raise InputError("'stream' needs a single prompt; send one string in 'inputs' (or 'messages')", reason="invalid_request")
+            raise InputError(
+                "'stream' needs a single prompt; send one string in 'inputs' (or 'messages')", reason="invalid_request"
+            )
         if payload.messages is not None:
             item.payload = dataclasses.replace(payload, inputs=[self.render(payload.messages)])
         return item
@@ -140,7 +152,9 @@ class GenerationTask(Task):
         try:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as e:  # the template itself refuses (roles out of order, say)
-            raise InputError(f"'messages' do not fit this model's chat template: {e}", reason="invalid_messages") from None
+            raise InputError(
+                f"'messages' do not fit this model's chat template: {e}", reason="invalid_messages"
+            ) from None
 
     def collate(self, items: Sequence[Item]) -> Prompts | None:
         # A rendered chat carries its own special tokens; a raw prompt gets the tokenizer's.
@@ -151,9 +165,14 @@ class GenerationTask(Task):
             texts = [text for item in group for text in item.payload.inputs]
             if not texts:
                 continue
-            ids = iter(self.tokenizer(
-                texts, add_special_tokens=not chat, return_attention_mask=False, return_token_type_ids=False,
-            )["input_ids"])
+            ids = iter(
+                self.tokenizer(
+                    texts,
+                    add_special_tokens=not chat,
+                    return_attention_mask=False,
+                    return_token_type_ids=False,
+                )["input_ids"]
+            )
             for item in group:
                 encoded[id(item)] = [next(ids) for _ in item.payload.inputs]
         rows = []
@@ -171,13 +190,15 @@ class GenerationTask(Task):
                     reason="input_too_long",
                 )
                 continue
-            rows.extend(self.row(item, ids[-self.max_length:]) for ids in prompts)
+            rows.extend(self.row(item, ids[-self.max_length :]) for ids in prompts)
         return Prompts(rows) if rows else None
 
     def row(self, item: Item, prompt: list[int]) -> Row:
         p, d = item.params, self.defaults
-        sample = p.do_sample if p.do_sample is not None else (
-            d["do_sample"] or any(v is not None for v in (p.temperature, p.top_p, p.top_k))
+        sample = (
+            p.do_sample
+            if p.do_sample is not None
+            else (d["do_sample"] or any(v is not None for v in (p.temperature, p.top_p, p.top_k)))
         )
         seed = p.seed if p.seed is not None else random.SystemRandom().randrange(MAX_SEED)
         generator = None
@@ -230,7 +251,13 @@ class GenerationTask(Task):
 
     def results(self, item: Item, outputs: list[Row]) -> list[Generation]:
         return [
-            Generation(r.text, r.finish, len(r.prompt), len(r.tokens), r.seed if r.sample else None,
-                       tail=r.text[r.sent:] if r.stream else "")
+            Generation(
+                r.text,
+                r.finish,
+                len(r.prompt),
+                len(r.tokens),
+                r.seed if r.sample else None,
+                tail=r.text[r.sent :] if r.stream else "",
+            )
             for r in outputs
         ]

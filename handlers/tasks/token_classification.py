@@ -8,8 +8,9 @@ from its first token, its most confident token, or its mean scores) and then joi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import torch
 from transformers import AutoModelForTokenClassification
@@ -24,9 +25,9 @@ Strategy = Literal["none", "simple", "first", "max", "average"]
 
 @dataclass(frozen=True)
 class TokenClassificationParams:
-    aggregation_strategy: Optional[Strategy] = None  # None: the model's configured aggregation
-    ignore_labels: Optional[list] = None  # None: ["O"]
-    truncate: Optional[bool] = None
+    aggregation_strategy: Strategy | None = None  # None: the model's configured aggregation
+    ignore_labels: list | None = None  # None: ["O"]
+    truncate: bool | None = None
 
 
 @dataclass
@@ -73,7 +74,13 @@ class TokenClassificationTask(EncoderTask):
         strategy = item.params.aggregation_strategy or self.cfg.aggregation
         ignore = {"O"} if item.params.ignore_labels is None else set(item.params.ignore_labels)
         return [
-            Entities([e for e in self.entities(text, probs, row, strategy) if e.get("entity_group", e.get("entity")) not in ignore])
+            Entities(
+                [
+                    e
+                    for e in self.entities(text, probs, row, strategy)
+                    if e.get("entity_group", e.get("entity")) not in ignore
+                ]
+            )
             for text, (probs, row) in zip(item.payload.inputs, outputs)
         ]
 

@@ -22,7 +22,7 @@ WRONG_INPUTS = [None, True, False, 0, -1, 1, 2**63, -(2**70), 10**400, 1.5, -0.0
                 {"a": 1}, [["x"]], [None]]
 # parameter values no parameter of any task takes (each expects a number, a bool, a string or a list of strings)
 NEVER_A_PARAMETER = [{"a": 1}, {}, [1, "a"], [[1]], [None], {"é": "🙂"}]
-# generation parameters out of their documented ranges (README: Text generation)
+# generation parameters out of their documented ranges (docs/apis/native.md)
 OUT_OF_RANGE = {"temperature": [-1, 0, 101], "top_p": [0, 1.5, -1], "top_k": [0, -3], "max_new_tokens": [0, -1, 100_000],
                 "repetition_penalty": [0, 11], "seed": [-1, 2**63], "timeout": [0, -1, 10**6]}
 PARAMETER_NAMES = {"embedding": ["normalize", "truncate"],

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from transerve.build.prepare import model_dir
 from handlers.config import ConfigError
+from transerve.build.prepare import model_dir
 from transerve.build.spec import PICKLED, REPO, ModelVersion, SpecError, find_spec
 
 HANDLERS_DIR = REPO / "handlers"
@@ -66,8 +66,11 @@ def _model_files(source: Path, mv: ModelVersion) -> list[Path]:
         raise SpecError(f"{mv.spec_file}: source: {source} is not a directory")
     pickles_allowed = mv.handler.allow_pickle
     files = [
-        p for p in sorted(source.rglob("*"))
-        if p.is_file() and p.name not in SKIPPED and "__pycache__" not in p.parts
+        p
+        for p in sorted(source.rglob("*"))
+        if p.is_file()
+        and p.name not in SKIPPED
+        and "__pycache__" not in p.parts
         and (p.suffix not in PICKLED or pickles_allowed)
     ]
     _refuse_remote_code(source, mv)
@@ -82,8 +85,14 @@ def _model_files(source: Path, mv: ModelVersion) -> list[Path]:
         return files
     if not any(p.suffix == ".safetensors" or (pickles_allowed and p.suffix in PICKLED) for p in files):
         found = sorted(p.name for p in source.iterdir() if p.suffix in PICKLED)
-        hint = (f"; it has pickle weights ({', '.join(found)}), refused because unpickling runs code: convert them "
-                "to safetensors, or set handler.allow_pickle: true in the spec if you trust them") if found else ""
+        hint = (
+            (
+                f"; it has pickle weights ({', '.join(found)}), refused because unpickling runs code: convert them "
+                "to safetensors, or set handler.allow_pickle: true in the spec if you trust them"
+            )
+            if found
+            else ""
+        )
         raise SpecError(f"{mv.spec_file}: source: no *.safetensors weights in {source}{hint}")
     return files
 
@@ -100,9 +109,11 @@ def _refuse_remote_code(source: Path, mv: ModelVersion) -> None:
             continue
         if isinstance(data, dict) and data.get("auto_map"):
             classes = ", ".join(sorted(map(str, data["auto_map"])))
-            raise SpecError(f"{mv.spec_file}: source: {source / name} asks for the model repository's own code "
-                            f"(auto_map: {classes}); transerve does not run it unless the spec sets "
-                            "handler.trust_remote_code: true, for code you have read")
+            raise SpecError(
+                f"{mv.spec_file}: source: {source / name} asks for the model repository's own code "
+                f"(auto_map: {classes}); transerve does not run it unless the spec sets "
+                "handler.trust_remote_code: true, for code you have read"
+            )
 
 
 def _handler_files() -> list[Path]:
@@ -161,7 +172,11 @@ class TamperedArchive(ArchiveError):
 
 
 def build(
-    mv: ModelVersion, store: Path = STORE, force: bool = False, log=print, refuse_tampered: bool = False,
+    mv: ModelVersion,
+    store: Path = STORE,
+    force: bool = False,
+    log=print,
+    refuse_tampered: bool = False,
 ) -> ArchiveRecord:
     """Build (or reuse) the archive of one model version; returns its record.
 
@@ -177,7 +192,8 @@ def build(
     if known and actual and actual != known["sha256"] and refuse_tampered and not force:
         raise TamperedArchive(
             f"refusing {target}: its sha256 {actual[:16]}… differs from {known['sha256'][:16]}… recorded when it was "
-            f"built, so it was changed since. Inspect it, then rebuild it: transerve archive {mv.name} {mv.version} --force"
+            f"built, so it was changed since. Inspect it, then rebuild it: "
+            f"transerve archive {mv.name} {mv.version} --force"
         )
     if not force and known and known["inputs"] == digest and actual == known["sha256"]:
         return ArchiveRecord(**{**known, "path": str(target), "reused": True})
@@ -185,8 +201,11 @@ def build(
     log(f"building {mv.archive_name} ...")
     provenance = mv.provenance()
     if "commit" in provenance and provenance["revision"] != provenance["commit"]:
-        log(f"note: {mv.spec_file}: source.hub {provenance['hub']} at {provenance['revision']!r} is commit "
-            f"{provenance['commit']}; pin it (revision: \"{provenance['commit']}\") to build from the same files every time")
+        log(
+            f"note: {mv.spec_file}: source.hub {provenance['hub']} at {provenance['revision']!r} is commit "
+            f'{provenance["commit"]}; pin it (revision: "{provenance["commit"]}") '
+            "to build from the same files every time"
+        )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="transerve-archive-") as tmp:
         tmp = Path(tmp)
@@ -195,18 +214,27 @@ def build(
         out.mkdir()
         (tmp / "work").mkdir()
         command = [
-            sys.executable, "-m", "model_archiver.model_packaging",
-            "--model-name", mv.name,
-            "--version", mv.version,
-            "--handler", str(staged / "handler.py"),
-            "--config-file", str(staged / "model-config.yaml"),
-            "--extra-files", str(staged),
-            "--export-path", str(out),
+            sys.executable,
+            "-m",
+            "model_archiver.model_packaging",
+            "--model-name",
+            mv.name,
+            "--version",
+            mv.version,
+            "--handler",
+            str(staged / "handler.py"),
+            "--config-file",
+            str(staged / "model-config.yaml"),
+            "--extra-files",
+            str(staged),
+            "--export-path",
+            str(out),
             # A zip whose entries are stored: weights (safetensors, ONNX) are near-incompressible
             # floats, and deflating them made a build CPU-bound at a few MB/s (smollm2-chat's
             # 267 MB took ~50 s). Stored, a build runs at the speed of the disk; TorchServe,
             # KServe's runtime and the index read it as any .mar.
-            "--archive-format", "zip-store",
+            "--archive-format",
+            "zip-store",
         ]
         # The archiver stages in $TMPDIR/<model name>; a private TMPDIR keeps two builds apart.
         env = {**os.environ, "TMPDIR": str(tmp / "work")}
@@ -216,8 +244,14 @@ def build(
         os.replace(out / f"{mv.name}.mar", target)
 
     record = ArchiveRecord(
-        path=str(target), model=mv.name, version=mv.version, size=target.stat().st_size,
-        sha256=file_sha256(target), inputs=digest, built_at=time.time(), seconds=round(time.perf_counter() - started, 2),
+        path=str(target),
+        model=mv.name,
+        version=mv.version,
+        size=target.stat().st_size,
+        sha256=file_sha256(target),
+        inputs=digest,
+        built_at=time.time(),
+        seconds=round(time.perf_counter() - started, 2),
         source=provenance,
     )
     index = read_index(store)
@@ -227,7 +261,7 @@ def build(
 
 
 def startup_archives(models: str, store: Path, models_dir: Path, log=print) -> dict[str, str]:
-    """"NAME[:VERSION],..." (commas or spaces) -> {name: archive file in the store}, each
+    """ "NAME[:VERSION],..." (commas or spaces) -> {name: archive file in the store}, each
     checked: present, and not changed since transerve built it (when index.json knows it).
     A bare NAME means its spec's default version, or the one NAME-*.mar in the store.
     """
@@ -244,8 +278,10 @@ def startup_archives(models: str, store: Path, models_dir: Path, log=print) -> d
             except ConfigError:
                 found = sorted(store.glob(f"{name}-*.mar"))
                 if len(found) != 1:
-                    raise ConfigError(f"{entry}: no spec for {name} in {models_dir} and {len(found)} archives "
-                                      f"{name}-*.mar in {store}; name the version as {name}:VERSION") from None
+                    raise ConfigError(
+                        f"{entry}: no spec for {name} in {models_dir} and {len(found)} archives "
+                        f"{name}-*.mar in {store}; name the version as {name}:VERSION"
+                    ) from None
                 version = found[0].name[len(name) + 1 : -len(".mar")]
         file = f"{name}-{version}.mar"
         path = store / file

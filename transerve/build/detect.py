@@ -55,21 +55,29 @@ def _sentence_transformers(folder: Path, modules: list) -> Detected:
     kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
     unsupported = sorted(set(kinds) - {"Transformer", "Pooling", "Normalize"})
     if unsupported:
-        raise DetectError(f"{folder}/modules.json: the stages {', '.join(unsupported)} are not run by transerve's "
-                          "embedding task (it runs Transformer, Pooling, Normalize)")
+        raise DetectError(
+            f"{folder}/modules.json: the stages {', '.join(unsupported)} are not run by transerve's "
+            "embedding task (it runs Transformer, Pooling, Normalize)"
+        )
     if kinds.get("Transformer", {}).get("path", "") not in ("", "."):
-        raise DetectError(f"{folder}/modules.json: the transformer is in the subfolder "
-                          f"{kinds['Transformer']['path']!r}; point source at that folder")
+        raise DetectError(
+            f"{folder}/modules.json: the transformer is in the subfolder "
+            f"{kinds['Transformer']['path']!r}; point source at that folder"
+        )
     handler: dict = {"normalize": "Normalize" in kinds}
     if "Pooling" in kinds:
         pooling_file = folder / kinds["Pooling"].get("path", "1_Pooling") / "config.json"
         settings = _json(pooling_file) or {}
         mode = settings.get("pooling_mode")
-        modes = [mode] if isinstance(mode, str) else [
-            name for name, on in settings.items() if name.startswith("pooling_mode") and on is True]
+        modes = (
+            [mode]
+            if isinstance(mode, str)
+            else [name for name, on in settings.items() if name.startswith("pooling_mode") and on is True]
+        )
         if len(modes) != 1 or modes[0] not in POOLING_MODES:
-            raise DetectError(f"{pooling_file}: pooling {', '.join(modes) or 'none'}; transerve pools with "
-                              "mean or cls (one of them)")
+            raise DetectError(
+                f"{pooling_file}: pooling {', '.join(modes) or 'none'}; transerve pools with mean or cls (one of them)"
+            )
         handler["pooling"] = POOLING_MODES[modes[0]]
     bert = _json(folder / "sentence_bert_config.json") or {}
     if isinstance(bert.get("max_seq_length"), int):
@@ -98,7 +106,8 @@ def detect(folder: Path, gguf: str | None = None) -> Detected:
                 return Detected(task, f"config.json's architectures: {name}")
     for name in architectures:
         if str(name).endswith(ENCODER_SUFFIX):
-            return Detected("embedding", f"config.json's architectures: {name}, a bare encoder (mean pooled)",
-                            {"pooling": "mean"})
+            return Detected(
+                "embedding", f"config.json's architectures: {name}, a bare encoder (mean pooled)", {"pooling": "mean"}
+            )
     said = f"architectures {architectures}" if architectures else "no architectures"
     raise DetectError(f"cannot tell the task of {folder}: config.json has {said}; {how}")

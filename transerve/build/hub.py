@@ -25,10 +25,25 @@ from pathlib import Path
 # any of its formats, generation defaults, a chat template, and a sentence-transformers
 # folder's own settings (modules, pooling, its max length).
 ALLOW_PATTERNS = [
-    "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt", "*.model", "chat_template.jinja", "chat_template.json",
-    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json", "2_Normalize/config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+    "2_Normalize/config.json",
 ]  # and a GGUF file only when a spec names it: a GGUF repository holds many quantizations of one model
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -52,15 +67,24 @@ def offline() -> bool:
 def cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
-    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    home = Path(
+        os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    )
     return home / "hub"
 
 
 def _cached_revisions(repo: str) -> str:
     """What the cache knows of `repo`, for a message: its refs and snapshots."""
     folder = cache_dir() / f"models--{repo.replace('/', '--')}"
-    refs = sorted(f"{p.relative_to(folder / 'refs')} -> {p.read_text().strip()[:12]}"
-                  for p in (folder / "refs").rglob("*") if p.is_file()) if (folder / "refs").is_dir() else []
+    refs = (
+        sorted(
+            f"{p.relative_to(folder / 'refs')} -> {p.read_text().strip()[:12]}"
+            for p in (folder / "refs").rglob("*")
+            if p.is_file()
+        )
+        if (folder / "refs").is_dir()
+        else []
+    )
     snapshots = sorted(p.name[:12] for p in (folder / "snapshots").iterdir()) if (folder / "snapshots").is_dir() else []
     if not refs and not snapshots:
         return f"the cache ({cache_dir()}) has no revision of {repo}"
@@ -70,19 +94,32 @@ def _cached_revisions(repo: str) -> str:
 @functools.lru_cache(maxsize=64)
 def _snapshot(repo: str, revision: str, offline_: bool, cache: Path, extra: tuple[str, ...]) -> Snapshot:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
-        path = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS + list(extra),
-                                      cache_dir=cache, local_files_only=offline_))
+        path = Path(
+            snapshot_download(
+                repo,
+                revision=revision,
+                allow_patterns=ALLOW_PATTERNS + list(extra),
+                cache_dir=cache,
+                local_files_only=offline_,
+            )
+        )
     except RevisionNotFoundError:
         raise HubError(f"{repo} has no revision {revision!r} on the Hub") from None
     except RepositoryNotFoundError:
         raise HubError(f"{repo}: no such repository on the Hub (or it is private: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline_ else "the Hub could not be reached"
-        raise HubError(f"{repo} at revision {revision!r} is not in the Hugging Face cache and {why}; "
-                       f"{_cached_revisions(repo)}") from None
+        raise HubError(
+            f"{repo} at revision {revision!r} is not in the Hugging Face cache and {why}; {_cached_revisions(repo)}"
+        ) from None
     except (HfHubHTTPError, OSError) as e:  # a snapshot the cache holds only in part, a network error
         raise HubError(f"{repo} at revision {revision!r}: {e}") from None
     return Snapshot(repo, revision, path.name, path)
@@ -103,6 +140,7 @@ def snapshot(repo: str, revision: str | None = None, gguf: str | None = None) ->
     if "config.json" not in files:
         raise HubError(f"{where}: no config.json in {snap.path}")
     if not any(f.endswith(".safetensors") for f in files):
-        raise HubError(f"{where}: no *.safetensors weights in {snap.path} (pickle weights are not fetched: "
-                       "unpickling runs code)")
+        raise HubError(
+            f"{where}: no *.safetensors weights in {snap.path} (pickle weights are not fetched: unpickling runs code)"
+        )
     return snap

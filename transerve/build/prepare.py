@@ -75,11 +75,18 @@ def prepare_gguf(gguf: Path, cache: Path = PREPARED, log=print) -> Path:
     """Convert `gguf` to a safetensors model directory under `cache`, or reuse the last one."""
     out = cache / gguf.stem
     started = time.perf_counter()
-    proof = _cached(out, _fingerprint(gguf), lambda work: _convert(gguf, work, log), cache,
-                    lambda: log(f"prepare: converting {gguf.name} to safetensors (once; cached in {out})"))
+    proof = _cached(
+        out,
+        _fingerprint(gguf),
+        lambda work: _convert(gguf, work, log),
+        cache,
+        lambda: log(f"prepare: converting {gguf.name} to safetensors (once; cached in {out})"),
+    )
     if proof is not None:
-        log(f"prepare: {out} ready in {time.perf_counter() - started:.1f}s "
-            f"(greedy tokens identical to the GGUF model: {proof['tokens']} tokens compared)")
+        log(
+            f"prepare: {out} ready in {time.perf_counter() - started:.1f}s "
+            f"(greedy tokens identical to the GGUF model: {proof['tokens']} tokens compared)"
+        )
     return out
 
 
@@ -106,12 +113,14 @@ def _cached(out: Path, fingerprint: dict, make, cache: Path, starting) -> dict |
 
 def _convert(gguf: Path, work: Path, log) -> dict:
     try:
+        import accelerate as _accelerate  # noqa: F401
+        import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
-        import accelerate as _accelerate  # noqa: F401
     except ImportError as e:
-        raise PrepareError(f"converting {gguf.name} needs the packages gguf and accelerate ({e}); run the setup") from None
+        raise PrepareError(
+            f"converting {gguf.name} needs the packages gguf and accelerate ({e}); run the setup"
+        ) from None
 
     folder, name = gguf.parent, gguf.name
     step = _steps(log)
@@ -138,13 +147,15 @@ def _convert(gguf: Path, work: Path, log) -> dict:
     expected_tensors, saved = quantized.state_dict(), reloaded.state_dict()
     differ = [k for k, v in expected_tensors.items() if k not in saved or not torch.equal(v, saved[k])]
     if differ or set(saved) - set(expected_tensors):
-        raise PrepareError(f"the converted weights differ from the GGUF's in {len(differ)} tensors ({', '.join(differ[:3])}), "
-                           f"and hold {len(set(saved) - set(expected_tensors))} it lacks; not kept")
+        raise PrepareError(
+            f"the converted weights differ from the GGUF's in {len(differ)} tensors ({', '.join(differ[:3])}), "
+            f"and hold {len(set(saved) - set(expected_tensors))} it lacks; not kept"
+        )
     prompt = tokenizer.apply_chat_template(PROOF_PROMPT, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.inference_mode():
-        expected = quantized.generate(ids, max_new_tokens=PROOF_TOKENS, do_sample=False)[0, ids.shape[1]:].tolist()
-        got = reloaded.generate(ids, max_new_tokens=PROOF_TOKENS, do_sample=False)[0, ids.shape[1]:].tolist()
+        expected = quantized.generate(ids, max_new_tokens=PROOF_TOKENS, do_sample=False)[0, ids.shape[1] :].tolist()
+        got = reloaded.generate(ids, max_new_tokens=PROOF_TOKENS, do_sample=False)[0, ids.shape[1] :].tolist()
         logit_diff = (quantized(ids).logits - reloaded(ids).logits).abs().max().item()
     if got != expected:
         raise PrepareError(f"the converted model generates {got}, the GGUF model {expected}; not kept")
@@ -168,9 +179,13 @@ def _steps(log, total: int = 6):
 
 EXPORTER = "1"  # bump when the export or its proof changes
 PROBE = [
-    "a", "Hello world.", "TorchServe runs Python workers behind a Java frontend.",
-    "Ünïcödé, accents: café, naïve; 日本語の文章; Привет; emoji 🚀", "   spaces   and\\ttabs\\nand newlines ",
-    "Angela Merkel met Emmanuel Macron in Paris on 12 March 2024.", "def f(x): return x * 2  # code",
+    "a",
+    "Hello world.",
+    "TorchServe runs Python workers behind a Java frontend.",
+    "Ünïcödé, accents: café, naïve; 日本語の文章; Привет; emoji 🚀",
+    "   spaces   and\\ttabs\\nand newlines ",
+    "Angela Merkel met Emmanuel Macron in Paris on 12 March 2024.",
+    "def f(x): return x * 2  # code",
     "A much longer sentence that keeps going with many clauses, so that the batch is padded to it "
     "and every shorter row carries padding the attention mask must hide from the model.",
     " ".join(["overflowing"] * 600),  # cut at the model's limit: the longest sequence the graph sees
@@ -184,7 +199,9 @@ ENCODERS = {"embedding", "classification", "token_classification"}
 def _source_fingerprint(source: Path, mv: ModelVersion) -> dict:
     files = sorted(p for p in source.rglob("*") if p.is_file() and STAMP not in p.name)
     return {
-        "source": str(source), "task": mv.handler.task, "exporter": EXPORTER,
+        "source": str(source),
+        "task": mv.handler.task,
+        "exporter": EXPORTER,
         "trust_remote_code": mv.handler.trust_remote_code,
         "files": [[str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
     }
@@ -194,7 +211,9 @@ def prepare_onnx(source: Path, mv: ModelVersion, cache: Path = PREPARED, log=pri
     """Export the torch model in `source` to ONNX under `cache`, proved, or reuse the last one."""
 
     if mv.handler.task not in ENCODERS:
-        raise SpecError(f"{mv.spec_file}: handler.engine: onnxruntime runs {', '.join(sorted(ENCODERS))}, not {mv.handler.task}")
+        raise SpecError(
+            f"{mv.spec_file}: handler.engine: onnxruntime runs {', '.join(sorted(ENCODERS))}, not {mv.handler.task}"
+        )
     fingerprint = _source_fingerprint(source, mv)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     out = cache / f"onnx-{mv.handler.task}-{source.name}-{key}"
@@ -236,7 +255,9 @@ def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
         import torch
         from onnxscript.rewriter.ort_fusions import optimize_for_ort
     except ImportError as e:
-        raise PrepareError(f"exporting to ONNX needs the packages onnx, onnxscript and onnxruntime ({e}); run the setup") from None
+        raise PrepareError(
+            f"exporting to ONNX needs the packages onnx, onnxscript and onnxruntime ({e}); run the setup"
+        ) from None
     import logging
     import warnings
 
@@ -248,7 +269,9 @@ def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
     step = _steps(log, 5)
     step(f"loading the torch model ({task.auto_class.__name__}) and its tokenizer")
     model = task.auto_class.from_pretrained(
-        source, dtype=torch.float32, use_safetensors=None if mv.handler.allow_pickle else True,
+        source,
+        dtype=torch.float32,
+        use_safetensors=None if mv.handler.allow_pickle else True,
         trust_remote_code=mv.handler.trust_remote_code,
     ).eval()
     tokenizer = load_tokenizer(str(source), mv.handler)
@@ -271,13 +294,19 @@ def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
         level, quiet.level = quiet.level, logging.ERROR
         try:
             program = torch.onnx.export(
-                Output(), (example["input_ids"], example["attention_mask"]), dynamo=True, verbose=False,
-                input_names=list(INPUTS), output_names=["output"],
+                Output(),
+                (example["input_ids"], example["attention_mask"]),
+                dynamo=True,
+                verbose=False,
+                input_names=list(INPUTS),
+                output_names=["output"],
                 dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
             )
         except Exception as e:  # the exporter's own errors are many and deep
-            raise PrepareError(f"torch.onnx.export could not export {source} ({type(e).__name__}: {str(e)[:500]}); "
-                               "serve this model with engine: torch") from None
+            raise PrepareError(
+                f"torch.onnx.export could not export {source} ({type(e).__name__}: {str(e)[:500]}); "
+                "serve this model with engine: torch"
+            ) from None
         finally:
             quiet.level = level
     step("fusing ONNX Runtime's operators (onnxscript's ort_fusions: attention, layer norm, GELU)")
@@ -288,13 +317,17 @@ def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
     enc = tokenizer(PROBE, padding=True, truncation=True, max_length=limit, return_tensors="pt")
     with torch.inference_mode():
         expected = Output()(enc["input_ids"], enc["attention_mask"]).float()
-    got = OrtEngine(str(work), mv.handler, torch.device("cpu"))(enc["input_ids"], enc["attention_mask"])  # as a worker runs it
+    got = OrtEngine(str(work), mv.handler, torch.device("cpu"))(
+        enc["input_ids"], enc["attention_mask"]
+    )  # as a worker runs it
     proof = compare(mv.handler.task, expected, got.float(), enc["attention_mask"])
     proof["fused"] = {k: v for k, v in fused.items() if v}
     proof["probe_shape"] = list(enc["input_ids"].shape)
     if not proof["kept"]:
-        raise PrepareError(f"the ONNX graph of {source} does not reproduce torch ({proof['summary']}); not kept: "
-                           "serve this model with engine: torch")
+        raise PrepareError(
+            f"the ONNX graph of {source} does not reproduce torch ({proof['summary']}); not kept: "
+            "serve this model with engine: torch"
+        )
     step(f"kept: {proof['summary']}")
     return proof
 
@@ -311,26 +344,38 @@ def compare(task: str, expected, got, mask) -> dict:
         for pool in (lambda h: (h * weights).sum(1) / weights.sum(1), lambda h: h[:, 0]):
             cosines.append(F.cosine_similarity(pool(expected), pool(got), dim=-1))
         worst = float(torch.cat(cosines).min())
-        return {"kept": worst >= COSINE, "worst_cosine": worst,
-                "summary": f"worst cosine to torch {worst:.7f} over mean and CLS pooling, {COSINE} needed"}
+        return {
+            "kept": worst >= COSINE,
+            "worst_cosine": worst,
+            "summary": f"worst cosine to torch {worst:.7f} over mean and CLS pooling, {COSINE} needed",
+        }
     if task == "token_classification":  # only the real tokens: padding's logits are never read
         keep = mask.bool()
         expected, got = expected[keep], got[keep]
     same_labels = bool(torch.equal(expected.argmax(-1), got.argmax(-1)))
-    worst = max(float((torch.softmax(expected, -1) - torch.softmax(got, -1)).abs().max()),
-                float((torch.sigmoid(expected) - torch.sigmoid(got)).abs().max()))
-    return {"kept": same_labels and worst <= SCORE_TOLERANCE, "same_labels": same_labels, "worst_score_difference": worst,
-            "summary": f"labels {'equal' if same_labels else 'DIFFERENT'} on {len(expected)} rows, largest score difference "
-                       f"{worst:.2e} (softmax and sigmoid), {SCORE_TOLERANCE:g} allowed"}
+    worst = max(
+        float((torch.softmax(expected, -1) - torch.softmax(got, -1)).abs().max()),
+        float((torch.sigmoid(expected) - torch.sigmoid(got)).abs().max()),
+    )
+    return {
+        "kept": same_labels and worst <= SCORE_TOLERANCE,
+        "same_labels": same_labels,
+        "worst_score_difference": worst,
+        "summary": f"labels {'equal' if same_labels else 'DIFFERENT'} on {len(expected)} rows, "
+        "largest score difference "
+        f"{worst:.2e} (softmax and sigmoid), {SCORE_TOLERANCE:g} allowed",
+    }
 
 
 # --- GGUF as it ships (engine: llamacpp) -------------------------------------------------
 
 NATIVE = "1"  # bump when the llama.cpp preparation or its proof changes
 AGREEMENT = 0.9  # llama.cpp's next token must be transformers' at this share of the proof text's positions
-PROOF_TEXT = ("The lighthouse keeper climbed the stairs every evening to light the lamp. Ships passed far out at sea, "
-              "and the keeper wrote their names in a book. One winter night a storm broke the glass, and the keeper "
-              "worked until dawn to keep the light burning for the fishing boats coming home.")
+PROOF_TEXT = (
+    "The lighthouse keeper climbed the stairs every evening to light the lamp. Ships passed far out at sea, "
+    "and the keeper wrote their names in a book. One winter night a storm broke the glass, and the keeper "
+    "worked until dawn to keep the light burning for the fishing boats coming home."
+)
 
 
 def prepare_gguf_native(gguf: Path, package: str | None, cache: Path = PREPARED, log=print) -> Path:
@@ -343,8 +388,13 @@ def prepare_gguf_native(gguf: Path, package: str | None, cache: Path = PREPARED,
 
     out = cache / f"{gguf.stem}-llamacpp"
     started = time.perf_counter()
-    proof = _cached(out, {**_fingerprint(gguf), "converter": NATIVE}, lambda work: _native(gguf, package, work, log), cache,
-                    lambda: log(f"prepare: {gguf.name} for llama.cpp (once; cached in {out})"))
+    proof = _cached(
+        out,
+        {**_fingerprint(gguf), "converter": NATIVE},
+        lambda work: _native(gguf, package, work, log),
+        cache,
+        lambda: log(f"prepare: {gguf.name} for llama.cpp (once; cached in {out})"),
+    )
     if proof is not None:
         log(f"prepare: {out} ready in {time.perf_counter() - started:.1f}s ({proof['summary']})")
     return out
@@ -353,20 +403,25 @@ def prepare_gguf_native(gguf: Path, package: str | None, cache: Path = PREPARED,
 def _native(gguf: Path, package: str | None, work: Path, log) -> dict:
     try:
         import gguf as gguf_reader
-        import torch
         import llama_cpp  # noqa: F401  (the proof runs the file in it, as a worker does)
+        import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     except ImportError as e:
-        raise PrepareError(f"preparing {gguf.name} for llama.cpp needs llama-cpp-python, gguf and transformers ({e}); "
-                           "run the setup") from None
+        raise PrepareError(
+            f"preparing {gguf.name} for llama.cpp needs llama-cpp-python, gguf and transformers ({e}); run the setup"
+        ) from None
     step = _steps(log, 5)
-    step(f"checking {gguf.name}: GGUF structure" + (f" and the sha256 the package {package} installed" if package else ""))
+    step(
+        f"checking {gguf.name}: GGUF structure"
+        + (f" and the sha256 the package {package} installed" if package else "")
+    )
     try:
         reader = gguf_reader.GGUFReader(str(gguf))
         tensors = len(reader.tensors)
     except Exception as e:  # the reader's errors: bad magic, a short file, offsets past the end
-        raise PrepareError(f"{gguf} is not a readable GGUF file: truncated or corrupt ({type(e).__name__}: "
-                           f"{str(e)[:300]})") from None
+        raise PrepareError(
+            f"{gguf} is not a readable GGUF file: truncated or corrupt ({type(e).__name__}: {str(e)[:300]})"
+        ) from None
     if package is not None:
         _check_installed_hash(gguf, package)
 
@@ -393,7 +448,9 @@ def _native(gguf: Path, package: str | None, work: Path, log) -> dict:
         raise PrepareError(f"{gguf}: {e}") from None
     try:
         if engine.vocab != config.vocab_size:
-            raise PrepareError(f"{gguf}: llama.cpp reads {engine.vocab} tokens, transformers {config.vocab_size}; not kept")
+            raise PrepareError(
+                f"{gguf}: llama.cpp reads {engine.vocab} tokens, transformers {config.vocab_size}; not kept"
+            )
         prompt = tokenizer.apply_chat_template(PROOF_PROMPT, add_generation_prompt=True, tokenize=False)
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
         greedy = _greedy(engine, ids, PROOF_TOKENS)
@@ -409,22 +466,45 @@ def _native(gguf: Path, package: str | None, work: Path, log) -> dict:
     del reference
     same = sum(a == b for a, b in zip(native, expected)) / len(expected)
     if same < AGREEMENT:
-        raise PrepareError(f"{gguf}: llama.cpp's next token is transformers' at {same:.1%} of the proof text's "
-                           f"{len(expected)} positions, {AGREEMENT:.0%} needed; not kept")
+        raise PrepareError(
+            f"{gguf}: llama.cpp's next token is transformers' at {same:.1%} of the proof text's "
+            f"{len(expected)} positions, {AGREEMENT:.0%} needed; not kept"
+        )
     answer = tokenizer.decode(greedy, skip_special_tokens=True)
-    summary = (f"{tensors} tensors; next token equal to transformers' float32 at {same:.1%} of {len(expected)} positions; "
-               f"greedy answer {answer!r}")
+    summary = (
+        f"{tensors} tensors; next token equal to transformers' float32 at {same:.1%} of {len(expected)} positions; "
+        f"greedy answer {answer!r}"
+    )
     step(f"kept: {summary}")
-    return {"prompt": prompt, "token_ids": greedy, "text": answer, "agreement": same, "positions": len(expected),
-            "tensors": tensors, "summary": summary}
+    return {
+        "prompt": prompt,
+        "token_ids": greedy,
+        "text": answer,
+        "agreement": same,
+        "positions": len(expected),
+        "tensors": tensors,
+        "summary": summary,
+    }
 
 
 def _greedy(engine, prompt: list[int], n: int) -> list[int]:
     """n greedy tokens from llama.cpp alone (argmax of each step's logits)."""
     from handlers.generation.decoder import Row
 
-    row = Row(item=None, prompt=prompt, max_new=n, sample=False, temperature=1.0, top_k=0, top_p=1.0,
-              repetition_penalty=1.0, stops=[], seed=None, generator=None, stream=False)
+    row = Row(
+        item=None,
+        prompt=prompt,
+        max_new=n,
+        sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        stops=[],
+        seed=None,
+        generator=None,
+        stream=False,
+    )
     engine.admit([row], None)
     for _ in range(n):
         row.tokens.append(int(engine.forward()[0].argmax()))
@@ -436,8 +516,20 @@ def _next_tokens(engine, ids: list[int]) -> list[int]:
     """llama.cpp's argmax next token at every position of `ids`, the text fed one token a step."""
     from handlers.generation.decoder import Row
 
-    row = Row(item=None, prompt=ids[:1], max_new=len(ids), sample=False, temperature=1.0, top_k=0, top_p=1.0,
-              repetition_penalty=1.0, stops=[], seed=None, generator=None, stream=False)
+    row = Row(
+        item=None,
+        prompt=ids[:1],
+        max_new=len(ids),
+        sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        stops=[],
+        seed=None,
+        generator=None,
+        stream=False,
+    )
     engine.admit([row], None)
     found = [int(engine.forward()[0].argmax())]
     for token in ids[1:]:
@@ -456,10 +548,14 @@ def _check_installed_hash(path: Path, package: str) -> None:
         for entry in metadata.distribution(dist).files or []:
             if entry.hash is None or Path(entry.locate()).resolve() != path.resolve():
                 continue
-            digest = base64.urlsafe_b64encode(hashlib.new(entry.hash.mode, path.read_bytes()).digest()).rstrip(b"=").decode()
+            digest = (
+                base64.urlsafe_b64encode(hashlib.new(entry.hash.mode, path.read_bytes()).digest()).rstrip(b"=").decode()
+            )
             if digest != entry.hash.value:
-                raise PrepareError(f"{path} differs from the file the package {dist} installed ({entry.hash.mode} "
-                                   f"{digest} against {entry.hash.value} in its RECORD): reinstall it")
+                raise PrepareError(
+                    f"{path} differs from the file the package {dist} installed ({entry.hash.mode} "
+                    f"{digest} against {entry.hash.value} in its RECORD): reinstall it"
+                )
             return
 
 
@@ -481,4 +577,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

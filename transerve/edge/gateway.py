@@ -48,8 +48,9 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # TorchServe's max_reque
 
 
 def failure(status: int, message: str, code: str | None = None, param: str | None = None, headers=None) -> web.Response:
-    return web.Response(status=status, text=error_body(status, message, param, code), content_type="application/json",
-                        headers=headers)
+    return web.Response(
+        status=status, text=error_body(status, message, param, code), content_type="application/json", headers=headers
+    )
 
 
 class Gateway:
@@ -79,8 +80,11 @@ class Gateway:
 
     async def open(self, _app) -> None:
         # No overall timeout: a stream lasts as long as its generation; connecting must be quick.
-        self.session = ClientSession(connector=TCPConnector(limit=512, limit_per_host=512),
-                                     timeout=ClientTimeout(total=None, sock_connect=10), auto_decompress=False)
+        self.session = ClientSession(
+            connector=TCPConnector(limit=512, limit_per_host=512),
+            timeout=ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+        )
 
     async def close(self, _app) -> None:
         await self.session.close()
@@ -99,9 +103,15 @@ class Gateway:
         token = sent[7:].strip() if sent[:7].lower() == "bearer " else ""
         if key and token and hmac.compare_digest(token.encode(), key.encode()):
             return None
-        message = ("Incorrect API key provided: send the inference key from TorchServe's key_file.json as "
-                   "'Authorization: Bearer <key>' (the OpenAI clients' api_key)") if token else \
-            "You didn't provide an API key: send the inference key as 'Authorization: Bearer <key>' (the OpenAI clients' api_key)"
+        message = (
+            (
+                "Incorrect API key provided: send the inference key from TorchServe's key_file.json as "
+                "'Authorization: Bearer <key>' (the OpenAI clients' api_key)"
+            )
+            if token
+            else "You didn't provide an API key: send the inference key as 'Authorization: Bearer <key>' "
+            "(the OpenAI clients' api_key)"
+        )
         return failure(401, message, "invalid_api_key")
 
     # the management API
@@ -110,11 +120,15 @@ class Gateway:
         key = self.keys().get("management")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            async with self.session.get(f"{self.management}{path}", headers=headers, timeout=ClientTimeout(total=10)) as answer:
+            async with self.session.get(
+                f"{self.management}{path}", headers=headers, timeout=ClientTimeout(total=10)
+            ) as answer:
                 text = await answer.text()
         except (ClientConnectionError, asyncio.TimeoutError) as e:
-            raise web.HTTPServiceUnavailable(text=error_body(503, f"TorchServe's management API did not answer: {e}"),
-                                             content_type="application/json") from None
+            raise web.HTTPServiceUnavailable(
+                text=error_body(503, f"TorchServe's management API did not answer: {e}"),
+                content_type="application/json",
+            ) from None
         try:
             return answer.status, json.loads(text)
         except ValueError:
@@ -132,8 +146,10 @@ class Gateway:
         if status == 200 and isinstance(body, list) and body:
             version = body[0].get("modelVersion")
         elif status not in (400, 404):
-            raise web.HTTPServiceUnavailable(text=error_body(503, f"TorchServe's management API answered {status}: {body}"),
-                                             content_type="application/json")
+            raise web.HTTPServiceUnavailable(
+                text=error_body(503, f"TorchServe's management API answered {status}: {body}"),
+                content_type="application/json",
+            )
         if version is not None:  # unknown names are not remembered: they could be anything
             self.defaults[name] = (version, time.monotonic())
         return version
@@ -143,8 +159,10 @@ class Gateway:
         while True:
             status, body = await self.manage("/models?limit=100" + (f"&next_page_token={token}" if token else ""))
             if status != 200 or not isinstance(body, dict):
-                raise web.HTTPServiceUnavailable(text=error_body(503, f"TorchServe's management API answered {status}"),
-                                                 content_type="application/json")
+                raise web.HTTPServiceUnavailable(
+                    text=error_body(503, f"TorchServe's management API answered {status}"),
+                    content_type="application/json",
+                )
             names += [m["modelName"] for m in body.get("models", [])]
             token = body.get("nextPageToken")
             if not token:
@@ -168,8 +186,11 @@ class Gateway:
 
     async def unknown(self, request: web.Request) -> web.Response:
         known = ", ".join(f"POST /{r}" for r in ROUTES if r != "v1/models")
-        return failure(404, f"no such route: {request.method} {request.path}; this gateway serves GET /v1/models and {known}",
-                       "unknown_url")
+        return failure(
+            404,
+            f"no such route: {request.method} {request.path}; this gateway serves GET /v1/models and {known}",
+            "unknown_url",
+        )
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         if (refused := self.refused(request)) is not None:
@@ -178,14 +199,24 @@ class Gateway:
         try:
             name = json.loads(body).get("model")
         except (ValueError, AttributeError, RecursionError):
-            return failure(400, "the body must be a JSON object with 'model', as the OpenAI API takes it", "invalid_body")
+            return failure(
+                400, "the body must be a JSON object with 'model', as the OpenAI API takes it", "invalid_body"
+            )
         if not isinstance(name, str) or not name:
-            return failure(400, "'model' is required: the name of a served model (GET /v1/models lists them)",
-                           "missing_model", "model")
+            return failure(
+                400,
+                "'model' is required: the name of a served model (GET /v1/models lists them)",
+                "missing_model",
+                "model",
+            )
         version = await self.default_version(name)
         if version is None:
-            return failure(404, f"The model '{name}' does not exist: GET /v1/models lists the served ones",
-                           "model_not_found", "model")
+            return failure(
+                404,
+                f"The model '{name}' does not exist: GET /v1/models lists the served ones",
+                "model_not_found",
+                "model",
+            )
         headers = {k: request.headers[k] for k in FORWARDED if k in request.headers}
         url = f"{self.inference}/predictions/{name}/{version}{request.path}"
         upstream = None
@@ -193,7 +224,10 @@ class Gateway:
             upstream = await self.session.post(url, data=body, headers=headers)
             if upstream.status >= 400:
                 return await self.refusal(upstream, version)
-            headers = {**{k: upstream.headers[k] for k in PASSED_BACK if k in upstream.headers}, VERSION_HEADER: version}
+            headers = {
+                **{k: upstream.headers[k] for k in PASSED_BACK if k in upstream.headers},
+                VERSION_HEADER: version,
+            }
             if "Content-Length" in upstream.headers:  # answered in one piece: one write
                 data = await upstream.read()
                 headers.pop("Content-Length")
@@ -227,8 +261,12 @@ class Gateway:
         answer = answer if isinstance(answer, dict) else {}
         retry = {k: upstream.headers[k] for k in ("Retry-After",) if k in upstream.headers}
         if "error" in answer:
-            return web.Response(status=upstream.status, text=text, content_type="application/json",
-                                headers={**retry, VERSION_HEADER: version})
+            return web.Response(
+                status=upstream.status,
+                text=text,
+                content_type="application/json",
+                headers={**retry, VERSION_HEADER: version},
+            )
         return self.torchserve_error(upstream.status, answer, retry)
 
     @staticmethod
@@ -245,7 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True, help="host:port OpenAI clients call (base_url http://HOST:PORT/v1)")
     parser.add_argument("--inference", required=True, help="TorchServe's inference URL")
     parser.add_argument("--management", required=True, help="TorchServe's management URL (to find default versions)")
-    parser.add_argument("--key-file", type=Path, help="TorchServe's key_file.json; left out: token authorization is off")
+    parser.add_argument(
+        "--key-file", type=Path, help="TorchServe's key_file.json; left out: token authorization is off"
+    )
     parser.add_argument("--refresh", type=float, default=0.5, help="seconds a looked-up default version is reused")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="gateway: %(message)s")

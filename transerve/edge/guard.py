@@ -30,14 +30,16 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 def allowed(url: str, store: Path) -> bool:
     """Is `url` an archive directly inside the model store?"""
     if url.startswith("file://"):
-        path = Path(unquote(url[len("file://"):]))
+        path = Path(unquote(url[len("file://") :]))
         return path.suffix == ".mar" and path.parent == store and ".." not in path.parts
     return re.fullmatch(r"[\w.-]+\.mar", url) is not None and ".." not in url
 
 
 def refusal_message(url: str) -> str:
-    return (f"registration refused by transerve's guard: {url!r} is not an archive in the model store; "
-            "register archives by their file name (NAME-VERSION.mar)")
+    return (
+        f"registration refused by transerve's guard: {url!r} is not an archive in the model store; "
+        "register archives by their file name (NAME-VERSION.mar)"
+    )
 
 
 def refusal(url: str) -> dict:
@@ -67,9 +69,17 @@ def make_handler(upstream: str, store: Path, timeout: float):
                 kept = {k: v for k, v in answer.getheaders() if k.lower() not in HOP_BY_HOP | {"content-length"}}
                 self._reply(answer.status, data, kept)
             except OSError as e:
-                self._reply(502, json.dumps({"code": 502, "type": "UpstreamUnavailable",
-                                             "message": f"TorchServe's management API did not answer: {e}"}).encode(),
-                            {"Content-Type": "application/json"})
+                self._reply(
+                    502,
+                    json.dumps(
+                        {
+                            "code": 502,
+                            "type": "UpstreamUnavailable",
+                            "message": f"TorchServe's management API did not answer: {e}",
+                        }
+                    ).encode(),
+                    {"Content-Type": "application/json"},
+                )
             finally:
                 connection.close()
 
@@ -137,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True, help="host:port the operator's clients call")
     parser.add_argument("--upstream", required=True, help="TorchServe's own management URL")
     parser.add_argument("--store", required=True, help="the model store registrations must come from")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for TorchServe (registrations load models)")
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds to wait for TorchServe (registrations load models)"
+    )
     parser.add_argument("--grpc-listen", help="host:port gRPC management clients call")
     parser.add_argument("--grpc-upstream", help="host:port of TorchServe's own gRPC management API")
     args = parser.parse_args(argv)
@@ -145,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.grpc_listen:
         grpc_server = grpc_guard(args.grpc_listen, args.grpc_upstream, store, args.timeout)
         grpc_server.start()
-        print(f"guard: gRPC {args.grpc_listen} -> {args.grpc_upstream}, registrations from {args.store} only", flush=True)
+        print(
+            f"guard: gRPC {args.grpc_listen} -> {args.grpc_upstream}, registrations from {args.store} only", flush=True
+        )
     host, port = args.listen.rsplit(":", 1)
     server = ThreadingHTTPServer((host, int(port)), make_handler(args.upstream, store, args.timeout))
     server.daemon_threads = True

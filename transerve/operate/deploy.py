@@ -25,10 +25,10 @@ import yaml
 
 from handlers.config import ConfigError
 from transerve.build import archive
+from transerve.build.spec import ModelVersion
 from transerve.torchserve.metrics_config import render as render_metrics_config
 from transerve.torchserve.rundir import read_properties
 from transerve.torchserve.server import CONFIG_TEMPLATE
-from transerve.build.spec import ModelVersion
 
 KSERVE_ROOT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 INFERENCE_PORT, METRICS_PORT = 8080, 8082
@@ -58,8 +58,10 @@ def _quantity(value: str, what: str) -> str:
 
 def _check_device(mv: ModelVersion, res: Resources) -> None:
     if res.gpus and mv.runtime.deviceType == "cpu":
-        raise ConfigError(f"{mv.name} {mv.version} pins deviceType: cpu in {mv.spec_file}; asking for {res.gpus} GPU(s) "
-                         "would leave them idle: remove deviceType or set it to gpu")
+        raise ConfigError(
+            f"{mv.name} {mv.version} pins deviceType: cpu in {mv.spec_file}; asking for {res.gpus} GPU(s) "
+            "would leave them idle: remove deviceType or set it to gpu"
+        )
 
 
 def resources(cpu: str, memory: str, gpus: int) -> Resources:
@@ -74,15 +76,19 @@ def kserve_properties(mv: ModelVersion, gpus: int = 0) -> str:
     snapshot = {
         "name": "startup.cfg",
         "modelCount": 1,
-        "models": {mv.name: {mv.version: {
-            "defaultVersion": True,
-            "marName": mv.archive_name,
-            "minWorkers": runtime.minWorkers,
-            "maxWorkers": runtime.maxWorkers,
-            "batchSize": runtime.batchSize,
-            "maxBatchDelay": runtime.maxBatchDelay,
-            "responseTimeout": runtime.responseTimeout,
-        }}},
+        "models": {
+            mv.name: {
+                mv.version: {
+                    "defaultVersion": True,
+                    "marName": mv.archive_name,
+                    "minWorkers": runtime.minWorkers,
+                    "maxWorkers": runtime.maxWorkers,
+                    "batchSize": runtime.batchSize,
+                    "maxBatchDelay": runtime.maxBatchDelay,
+                    "responseTimeout": runtime.responseTimeout,
+                }
+            }
+        },
     }
     lines = [
         f"# Written by `transerve export kserve {mv.name} {mv.version}` for KServe's TorchServe runtime,",
@@ -113,8 +119,15 @@ def kserve_properties(mv: ModelVersion, gpus: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inference_service(mv: ModelVersion, storage_uri: str, res: Resources, min_replicas: int, max_replicas: int,
-                      canary_percent: int | None = None, protocol: str = "v1") -> dict:
+def inference_service(
+    mv: ModelVersion,
+    storage_uri: str,
+    res: Resources,
+    min_replicas: int,
+    max_replicas: int,
+    canary_percent: int | None = None,
+    protocol: str = "v1",
+) -> dict:
     """The InferenceService for this version; with canary_percent, a canary rollout of it."""
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
         raise ConfigError(f"replicas: need 0 <= min ({min_replicas}) <= max ({max_replicas}) and max >= 1")
@@ -137,8 +150,11 @@ def inference_service(mv: ModelVersion, storage_uri: str, res: Resources, min_re
         "kind": "InferenceService",
         "metadata": {
             "name": mv.name,
-            "labels": {"app.kubernetes.io/name": mv.name, "app.kubernetes.io/version": mv.version,
-                       "app.kubernetes.io/managed-by": "transerve"},
+            "labels": {
+                "app.kubernetes.io/name": mv.name,
+                "app.kubernetes.io/version": mv.version,
+                "app.kubernetes.io/managed-by": "transerve",
+            },
             "annotations": {
                 "serving.kserve.io/enable-prometheus-scraping": "true",
                 "prometheus.kserve.io/port": str(METRICS_PORT),
@@ -149,9 +165,18 @@ def inference_service(mv: ModelVersion, storage_uri: str, res: Resources, min_re
     }
 
 
-def export_kserve(mv: ModelVersion, store: Path, out: Path, storage_uri: str | None, res: Resources,
-                  min_replicas: int = 1, max_replicas: int = 1, canary_percent: int | None = None,
-                  manifest_only: bool = False, log=print) -> dict[str, Path]:
+def export_kserve(
+    mv: ModelVersion,
+    store: Path,
+    out: Path,
+    storage_uri: str | None,
+    res: Resources,
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    canary_percent: int | None = None,
+    manifest_only: bool = False,
+    log=print,
+) -> dict[str, Path]:
     """Write out/config/config.properties, out/config/metrics.yaml, out/model-store/<archive>
     and out/inferenceservice.yaml; returns what was written."""
     _check_device(mv, res)
@@ -185,19 +210,32 @@ def kubernetes_manifests(mv: ModelVersion, image: str, res: Resources, replicas:
         "name": "torchserve",
         "image": image,
         "env": [{"name": "TRANSERVE_MODELS", "value": f"{mv.name}:{mv.version}"}],
-        "ports": [{"name": "inference", "containerPort": INFERENCE_PORT},
-                  {"name": "metrics", "containerPort": METRICS_PORT}],
+        "ports": [
+            {"name": "inference", "containerPort": INFERENCE_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
         "resources": res.manifest(),
         # Probes run inside the container, where the key file is: TorchServe refuses /ping
         # without the inference key while token authorization is on.
-        "startupProbe": {"exec": {"command": HEALTH}, "periodSeconds": 5, "timeoutSeconds": 5,
-                         "failureThreshold": startup_seconds // 5},
-        "livenessProbe": {"exec": {"command": HEALTH}, "periodSeconds": 15, "timeoutSeconds": 5,
-                          "failureThreshold": 4},
-        "readinessProbe": {"exec": {"command": [*HEALTH, "--model", mv.name]}, "periodSeconds": 5,
-                           "timeoutSeconds": 5, "failureThreshold": 2},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}},
+        "startupProbe": {
+            "exec": {"command": HEALTH},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": startup_seconds // 5,
+        },
+        "livenessProbe": {"exec": {"command": HEALTH}, "periodSeconds": 15, "timeoutSeconds": 5, "failureThreshold": 4},
+        "readinessProbe": {
+            "exec": {"command": [*HEALTH, "--model", mv.name]},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
     deployment = {
         "apiVersion": "apps/v1",
@@ -207,9 +245,14 @@ def kubernetes_manifests(mv: ModelVersion, image: str, res: Resources, replicas:
             "replicas": replicas,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels, "annotations": {
-                    "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
-                    "prometheus.io/path": "/metrics"}},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
                 "spec": {"containers": [container], "terminationGracePeriodSeconds": 60},
             },
         },
@@ -220,8 +263,10 @@ def kubernetes_manifests(mv: ModelVersion, image: str, res: Resources, replicas:
         "metadata": {"name": name, "labels": labels},
         "spec": {
             "selector": labels,
-            "ports": [{"name": "inference", "port": INFERENCE_PORT, "targetPort": "inference"},
-                      {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}],
+            "ports": [
+                {"name": "inference", "port": INFERENCE_PORT, "targetPort": "inference"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+            ],
         },
     }
     return [deployment, service]
@@ -255,9 +300,20 @@ def _header(command: str) -> str:
 # (target, model, version, output directory, export options).
 EXAMPLES = (
     ("kserve", "minilm-embed", "1.0", "deploy/kserve/minilm-embed-1.0", {"max_replicas": 4}),
-    ("kserve", "minilm-embed", "1.1", "deploy/kserve/minilm-embed-1.1-canary", {"max_replicas": 4, "canary_percent": 10}),
-    ("kserve", "smollm2-chat", "1.0", "deploy/kserve/smollm2-chat-1.0-gpu",
-     {"max_replicas": 2, "res": Resources(cpu="4", memory="8Gi", gpus=1)}),
+    (
+        "kserve",
+        "minilm-embed",
+        "1.1",
+        "deploy/kserve/minilm-embed-1.1-canary",
+        {"max_replicas": 4, "canary_percent": 10},
+    ),
+    (
+        "kserve",
+        "smollm2-chat",
+        "1.0",
+        "deploy/kserve/smollm2-chat-1.0-gpu",
+        {"max_replicas": 2, "res": Resources(cpu="4", memory="8Gi", gpus=1)},
+    ),
     ("k8s", "minilm-embed", "1.0", "deploy/kubernetes/minilm-embed-1.0", {"replicas": 2}),
 )
 

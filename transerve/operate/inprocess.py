@@ -60,7 +60,12 @@ class LocalWorker:
         (self.model_dir / "MAR-INF").mkdir(exist_ok=True)
         manifest = {
             "runtime": "python",
-            "model": {"modelName": mv.name, "handler": "handler.py", "modelVersion": mv.version, "configFile": "model-config.yaml"},
+            "model": {
+                "modelName": mv.name,
+                "handler": "handler.py",
+                "modelVersion": mv.version,
+                "configFile": "model-config.yaml",
+            },
         }
         (self.model_dir / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
         self.metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))
@@ -68,7 +73,12 @@ class LocalWorker:
         self.metrics.model_name = mv.name
         try:
             self.service: Service = TsModelLoader().load(
-                mv.name, str(self.model_dir), "handler.py", gpu_id, mv.runtime.batchSize, metrics_cache=self.metrics,
+                mv.name,
+                str(self.model_dir),
+                "handler.py",
+                gpu_id,
+                mv.runtime.batchSize,
+                metrics_cache=self.metrics,
             )
         finally:
             sys.path.remove(str(self.model_dir))
@@ -78,12 +88,16 @@ class LocalWorker:
     def handler(self):
         return self.service._entry_point.__self__
 
-    def predict(self, bodies: list[Any], content_type: str = "application/json", path: str | None = None) -> list[Answer]:
+    def predict(
+        self, bodies: list[Any], content_type: str = "application/json", path: str | None = None
+    ) -> list[Answer]:
         """Send a batch of request bodies: bytes as they are, a str as text/plain, anything
         else as JSON (what a client's json= sends); `path`: what follows the version in the URL."""
         return self.predict_raw([_as_request(body, content_type) for body in bodies], path=path)
 
-    def predict_raw(self, requests: list[tuple[str, bytes]], grpc: bool = False, path: str | None = None) -> list[Answer]:
+    def predict_raw(
+        self, requests: list[tuple[str, bytes]], grpc: bool = False, path: str | None = None
+    ) -> list[Answer]:
         """Send a batch of (content type, body bytes) the whole way a worker takes it: the
         request frame as the frontend writes it, read by TorchServe's own protocol code,
         TorchServe's own Service.predict, and the reply frames read back exactly as the
@@ -116,7 +130,7 @@ class LocalWorker:
             raise WorkerError(f"the worker answered the batch with {reply.code} {reply.message!r}")
         return reply, read_frames(bytes(socket.sent))
 
-    def continuous(self, batch_size: int | None = None) -> "ContinuousDriver":
+    def continuous(self, batch_size: int | None = None) -> ContinuousDriver:
         """TorchServe's continuous batching around this worker (runtime continuousBatching)."""
         return ContinuousDriver(self, batch_size or self.mv.runtime.batchSize)
 
@@ -138,8 +152,12 @@ def request_frame(requests: list[tuple[str, bytes]], http_headers: bool = True, 
     v0.12.0): b"I", then per request its id, its headers (a REST request's HTTP headers; none
     for gRPC) and its one parameter, `body`."""
     headers = {"url_path": path} if path else {}
-    return _frame([(f"req-{i}", content_type, body, headers if http_headers else None)
-                   for i, (content_type, body) in enumerate(requests)])
+    return _frame(
+        [
+            (f"req-{i}", content_type, body, headers if http_headers else None)
+            for i, (content_type, body) in enumerate(requests)
+        ]
+    )
 
 
 def _frame(requests: list[tuple[str, str, bytes | None, dict | None]]) -> bytes:
@@ -304,8 +322,9 @@ class ContinuousDriver:
 
     def call(self) -> None:
         jobs = self.active
-        reply, _ = self.worker.exchange(_frame([(j.id, j.content_type, None if j.parts else j.body, j.headers)
-                                                 for j in jobs]))
+        reply, _ = self.worker.exchange(
+            _frame([(j.id, j.content_type, None if j.parts else j.body, j.headers) for j in jobs])
+        )
         by_id = {job.id: job for job in jobs}
         assert [part.request_id for part in reply.parts] == [job.id for job in jobs]
         for part in reply.parts:

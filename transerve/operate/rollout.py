@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transerve.build import archive
+from transerve.build.spec import ModelSpec, ModelVersion, SpecError
+from transerve.operate.validate import run_samples, served
 from transerve.torchserve.management import ApiError, InferenceClient, ManagementClient, ModelVersionStatus
 from transerve.torchserve.metrics_api import scrape
 from transerve.torchserve.rundir import RunDir
-from transerve.build.spec import ModelSpec, ModelVersion, SpecError
-from transerve.operate.validate import run_samples, served
 from transerve.torchserve.waiting import wait_until
 
 HISTORY = "rollouts.json"
@@ -61,7 +61,7 @@ class History:
     defaults: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, run_dir: Path) -> "History":
+    def load(cls, run_dir: Path) -> History:
         path = Path(run_dir) / HISTORY
         try:
             return cls(path, json.loads(path.read_text()))
@@ -102,17 +102,24 @@ class Rollouts:
         if version in registered:
             if registered[version].is_default:
                 raise RolloutError("check", f"{spec.name} {version} is already the default; nothing to do")
-            raise RolloutError("check", f"{spec.name} {version} is already registered; make it the default with "
-                               f"`transerve promote {spec.name} {version}`, or unregister it to roll it out afresh")
+            raise RolloutError(
+                "check",
+                f"{spec.name} {version} is already registered; make it the default with "
+                f"`transerve promote {spec.name} {version}`, or unregister it to roll it out afresh",
+            )
         old = next((v for v, s in registered.items() if s.is_default), None)
         self.log(f"rollout {spec.name}: {old or '(none)'} -> {version}{' (canary)' if canary else ''}")
         try:
             with self._step("archive"):
                 record = archive.build(mv, self.store, log=lambda line: self.log(f"    {line}"), refuse_tampered=True)
-                self.log(f"    {Path(record.path).name} {'reused' if record.reused else 'built'}, {record.size / 1e6:.1f} MB")
+                self.log(
+                    f"    {Path(record.path).name} {'reused' if record.reused else 'built'}, {record.size / 1e6:.1f} MB"
+                )
             with self._step("register"):
                 self.management.register(
-                    mv.archive_name, initial_workers=max(1, mv.runtime.minWorkers), synchronous=True,
+                    mv.archive_name,
+                    initial_workers=max(1, mv.runtime.minWorkers),
+                    synchronous=True,
                     timeout=mv.runtime.startupTimeout + 60,
                 )
             self._warm(mv, scale_up=False)
@@ -123,8 +130,10 @@ class Rollouts:
                 reason += f"; the worker said: {said}" if said else ""
             raise RolloutError(e.step, reason, self._undo_register(spec.name, version, old)) from None
         if canary:
-            self.log(f"canary {spec.name} {version} is ready at /predictions/{spec.name}/{version}; "
-                     f"the default is still {old}. Finish with: transerve promote {spec.name} {version}")
+            self.log(
+                f"canary {spec.name} {version} is ready at /predictions/{spec.name}/{version}; "
+                f"the default is still {old}. Finish with: transerve promote {spec.name} {version}"
+            )
             return
         self._switch(spec, old, version)
 
@@ -148,8 +157,11 @@ class Rollouts:
             raise RolloutError("check", f"{spec.name} is not registered")
         earlier = [v for v in History.load(self.run_dir).of(spec.name) if v != current]
         if not earlier:
-            raise RolloutError("check", f"no earlier default of {spec.name} is recorded in {self.run_dir / HISTORY}; "
-                               f"roll out the version you want: transerve rollout {spec.name} VERSION")
+            raise RolloutError(
+                "check",
+                f"no earlier default of {spec.name} is recorded in {self.run_dir / HISTORY}; "
+                f"roll out the version you want: transerve rollout {spec.name} VERSION",
+            )
         previous = earlier[-1]
         if previous not in registered:
             raise RolloutError("check", f"{spec.name} {previous} is no longer registered; roll it out again instead")
@@ -160,7 +172,9 @@ class Rollouts:
         except RolloutError as e:
             with contextlib.suppress(ApiError):
                 self.management.scale(spec.name, 0, 0, version=previous)
-            raise RolloutError(e.step, e.reason, f"{previous} scaled back to 0 workers; the default is still {current}") from None
+            raise RolloutError(
+                e.step, e.reason, f"{previous} scaled back to 0 workers; the default is still {current}"
+            ) from None
         self._switch(spec, current, previous)
 
     # -- steps -----------------------------------------------------------------------------
@@ -179,7 +193,7 @@ class Rollouts:
             self._drain(spec, old)
         with self._step(f"scale {old} to 0 workers"):
             self.management.scale(spec.name, 0, 0, version=old)
-        kept = history.of(spec.name)[-self.keep:]
+        kept = history.of(spec.name)[-self.keep :]
         for version, status in self._registered(spec.name).items():
             if version in history.of(spec.name) and version not in kept and not status.is_default:
                 with self._step(f"unregister {version} (keeping {', '.join(kept)})"):
@@ -191,8 +205,13 @@ class Rollouts:
         if scale_up:
             with self._step(f"scale {mv.version} up"):
                 workers = max(1, mv.runtime.minWorkers)
-                self.management.scale(mv.name, workers, max(workers, mv.runtime.maxWorkers), version=mv.version,
-                                      timeout=mv.runtime.startupTimeout + 60)
+                self.management.scale(
+                    mv.name,
+                    workers,
+                    max(workers, mv.runtime.maxWorkers),
+                    version=mv.version,
+                    timeout=mv.runtime.startupTimeout + 60,
+                )
         with self._step("ready"):
             self._wait_ready(mv.name, mv.version, mv.runtime.startupTimeout)
         with self._step("smoke"):
@@ -203,9 +222,15 @@ class Rollouts:
             [status] = self.management.describe(name, version)
             return status if status.ready_workers >= 1 else None
 
-        status = wait_until(ready, timeout, lambda: RolloutError(
-            "ready", f"no worker of {name} {version} became READY within {timeout:.0f}s; "
-                     f"see {self.run_dir / 'logs' / 'model_log.log'}"))
+        status = wait_until(
+            ready,
+            timeout,
+            lambda: RolloutError(
+                "ready",
+                f"no worker of {name} {version} became READY within {timeout:.0f}s; "
+                f"see {self.run_dir / 'logs' / 'model_log.log'}",
+            ),
+        )
         self.log(f"    {status.ready_workers}/{len(status.workers)} workers READY")
 
     def _smoke(self, mv: ModelVersion) -> None:
@@ -261,8 +286,16 @@ class Rollouts:
         self.log(f"[{self._count}] {name} done in {time.monotonic() - started:.1f}s")
 
 
-def drain(management: ManagementClient, inference: InferenceClient, run_dir: Path, spec: ModelSpec | None, version: str,
-          bound: float | None = None, log=print, name: str | None = None) -> None:
+def drain(
+    management: ManagementClient,
+    inference: InferenceClient,
+    run_dir: Path,
+    spec: ModelSpec | None,
+    version: str,
+    bound: float | None = None,
+    log=print,
+    name: str | None = None,
+) -> None:
     """Wait until `version` holds no request (queued, or held by a live worker), at most `bound`
     seconds (None: the spec's max_timeout for generation, responseTimeout otherwise; 600 without a
     spec); past it, end what it still holds through the handler's drain route. RolloutError when it
@@ -295,29 +328,40 @@ def drain(management: ManagementClient, inference: InferenceClient, run_dir: Pat
         wait_until(settled, bound, TimeoutError, interval=0.2)
     except TimeoutError:
         if not continuous:
-            raise RolloutError("drain", f"{name} {version} still holds {held['queued']} queued and {held['running']} "
-                               f"running requests after {bound:.0f}s; it keeps its workers") from None
-        log(f"    {held['running']} requests still running and {held['queued']} queued after {bound:.0f}s: "
-            "ending them (finish_reason cancelled)")
+            raise RolloutError(
+                "drain",
+                f"{name} {version} still holds {held['queued']} queued and {held['running']} "
+                f"running requests after {bound:.0f}s; it keeps its workers",
+            ) from None
+        log(
+            f"    {held['running']} requests still running and {held['queued']} queued after {bound:.0f}s: "
+            "ending them (finish_reason cancelled)"
+        )
         key = RunDir(run_dir).drain_key()
         if key is None:
-            raise RolloutError("drain", f"no drain key in {run_dir} (TorchServe was not started by transerve serve); "
-                               f"{name} {version} keeps its workers") from None
+            raise RolloutError(
+                "drain",
+                f"no drain key in {run_dir} (TorchServe was not started by transerve serve); "
+                f"{name} {version} keeps its workers",
+            ) from None
         # TorchServe hands each drain request to one worker: one per worker, until none holds anything
         for _ in range(3 * max(1, held["workers"])):
             try:
                 log(f"    drained: {inference.drain(name, version, key)['drained']}")
             except ApiError as e:
-                raise RolloutError("drain", f"the drain route of {name} {version} refused: {e}; "
-                                   "it keeps its workers") from None
+                raise RolloutError(
+                    "drain", f"the drain route of {name} {version} refused: {e}; it keeps its workers"
+                ) from None
             try:
                 wait_until(idle, 10, TimeoutError, interval=0.2)
                 break
             except TimeoutError:
                 continue
         if not idle():
-            raise RolloutError("drain", f"{name} {version} still holds {held['running']} requests after its drain; "
-                               "it keeps its workers")
+            raise RolloutError(
+                "drain",
+                f"{name} {version} still holds {held['running']} requests after its drain; it keeps its workers",
+            ) from None
     log(f"    nothing queued or running after {time.monotonic() - started:.1f}s")
 
 
@@ -329,9 +373,15 @@ def _held(management: ManagementClient, run_dir: Path, name: str, version: str) 
     try:
         samples = scrape(RunDir(run_dir).address("metrics"))
     except (OSError, ValueError, KeyError) as e:
-        raise RolloutError("drain", f"cannot read what {name} {version} still runs from the metrics API ({e}); "
-                           "it keeps its workers") from None
-    running = sum(s.value for s in samples if s.name == "transerve_requests_in_flight"
-                  and s.labels.get("model_name") == name and s.labels.get("model_version") == version
-                  and s.labels.get("worker") in pids)
+        raise RolloutError(
+            "drain", f"cannot read what {name} {version} still runs from the metrics API ({e}); it keeps its workers"
+        ) from None
+    running = sum(
+        s.value
+        for s in samples
+        if s.name == "transerve_requests_in_flight"
+        and s.labels.get("model_name") == name
+        and s.labels.get("model_version") == version
+        and s.labels.get("worker") in pids
+    )
     return {"queued": status.pending_requests, "running": int(running), "workers": len(pids)}

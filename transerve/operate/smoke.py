@@ -55,8 +55,12 @@ def _entities(result: Any, where: str) -> list[str]:
         return [f"{where}: expected a list of entities, got {str(result)[:100]}"]
     for e in result:
         ok = (
-            isinstance(e, dict) and isinstance(e.get("entity_group", e.get("entity")), str) and _number(e.get("score"))
-            and isinstance(e.get("word"), str) and isinstance(e.get("start"), int) and isinstance(e.get("end"), int)
+            isinstance(e, dict)
+            and isinstance(e.get("entity_group", e.get("entity")), str)
+            and _number(e.get("score"))
+            and isinstance(e.get("word"), str)
+            and isinstance(e.get("start"), int)
+            and isinstance(e.get("end"), int)
         )
         if not ok:
             return [f"{where}: {str(e)[:100]} is not {{entity_group, score, word, start, end}}"]
@@ -65,7 +69,11 @@ def _entities(result: Any, where: str) -> list[str]:
 
 def _generated(result: Any, where: str) -> list[str]:
     details = result.get("details") if isinstance(result, dict) else None
-    if not isinstance(result, dict) or not isinstance(result.get("generated_text"), str) or not isinstance(details, dict):
+    if (
+        not isinstance(result, dict)
+        or not isinstance(result.get("generated_text"), str)
+        or not isinstance(details, dict)
+    ):
         return [f"{where}: expected {{generated_text, details}}, got {str(result)[:100]}"]
     if details.get("finish_reason") not in FINISH_REASONS:
         return [f"{where}: details.finish_reason is {details.get('finish_reason')!r}"]
@@ -105,9 +113,13 @@ def mismatches(expect: Any, answer: Any, where: str = "answer") -> list[str]:
     if isinstance(expect, dict):
         if not isinstance(answer, dict):
             return [f"{where}: expected an object, got {str(answer)[:80]}"]
-        return [m for key, value in expect.items() for m in (
-            mismatches(value, answer[key], f"{where}.{key}") if key in answer else [f"{where}: no key {key!r}"]
-        )]
+        return [
+            m
+            for key, value in expect.items()
+            for m in (
+                mismatches(value, answer[key], f"{where}.{key}") if key in answer else [f"{where}: no key {key!r}"]
+            )
+        ]
     if isinstance(expect, list):
         if not isinstance(answer, list) or len(answer) != len(expect):
             return [f"{where}: expected a list of {len(expect)}, got {str(answer)[:80]}"]

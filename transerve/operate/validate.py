@@ -13,15 +13,15 @@ import tempfile
 import time
 import traceback
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from transerve.build import archive
-
+from transerve.build.spec import ModelVersion
 from transerve.operate import smoke
 from transerve.torchserve.management import ApiError, InferenceClient
-from transerve.build.spec import ModelVersion
 
 # An exception at load, matched by name or message, and what usually causes it.
 HINTS = (
@@ -49,7 +49,9 @@ def run_samples(mv: ModelVersion, predict: Callable[[Any], tuple[int, Any]]) -> 
         started = time.perf_counter()
         status, answer = predict(sample.request)
         ms = (time.perf_counter() - started) * 1000
-        problems = [f"refused with status {status}: {answer}"] if status != 200 else smoke.check(mv.task, sample, answer)
+        problems = (
+            [f"refused with status {status}: {answer}"] if status != 200 else smoke.check(mv.task, sample, answer)
+        )
         yield SampleResult(i, sample.request, status, answer, ms, problems)
 
 
@@ -77,8 +79,10 @@ def validate(mv: ModelVersion, store: Path, gpu: int | None = None, log=print, s
     from transerve.operate.inprocess import LocalWorker  # torch: only when a version is loaded here
 
     record = archive.build(mv, store, refuse_tampered=True)
-    log(f"archive   {record.path} ({record.size / 1e6:.1f} MB, sha256 {record.sha256[:16]}…, "
-        f"{'reused' if record.reused else 'built'})")
+    log(
+        f"archive   {record.path} ({record.size / 1e6:.1f} MB, sha256 {record.sha256[:16]}…, "
+        f"{'reused' if record.reused else 'built'})"
+    )
     with tempfile.TemporaryDirectory(prefix="transerve-validate-") as tmp:
         model_dir = Path(tmp) / "model"
         with zipfile.ZipFile(record.path) as z:
@@ -101,9 +105,14 @@ def validate(mv: ModelVersion, store: Path, gpu: int | None = None, log=print, s
         try:
             for result in run_samples(mv, predict):
                 failed += bool(result.problems)
-                log(f"sample {result.index}  {'FAILED' if result.problems else 'ok'} in {result.ms:.0f} ms: "
-                    f"{json.dumps(result.request)[:100]}")
-                log(f"          {'; '.join(result.problems) if result.problems else json.dumps(short(result.answer))[:300]}")
+                log(
+                    f"sample {result.index}  {'FAILED' if result.problems else 'ok'} in {result.ms:.0f} ms: "
+                    f"{json.dumps(result.request)[:100]}"
+                )
+                log(
+                    "          "
+                    + ("; ".join(result.problems) if result.problems else json.dumps(short(result.answer))[:300])
+                )
         finally:
             worker.close()
     if not mv.samples:

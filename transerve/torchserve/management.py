@@ -7,8 +7,9 @@ server's own message, so a user sees "Model not found: x", not a traceback.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -65,10 +66,14 @@ class Worker:
     memory: int
 
     @classmethod
-    def parse(cls, data: dict) -> "Worker":
+    def parse(cls, data: dict) -> Worker:
         return cls(
-            id=str(data.get("id")), status=data.get("status", ""), pid=data.get("pid"),
-            start_time=data.get("startTime", ""), gpu=bool(data.get("gpu")), memory=data.get("memoryUsage", 0),
+            id=str(data.get("id")),
+            status=data.get("status", ""),
+            pid=data.get("pid"),
+            start_time=data.get("startTime", ""),
+            gpu=bool(data.get("gpu")),
+            memory=data.get("memoryUsage", 0),
         )
 
 
@@ -93,12 +98,16 @@ class ModelVersionStatus:
         return sum(w.status == "READY" for w in self.workers)
 
     @classmethod
-    def parse(cls, data: dict, default_version: str | None) -> "ModelVersionStatus":
+    def parse(cls, data: dict, default_version: str | None) -> ModelVersionStatus:
         return cls(
-            name=data["modelName"], version=data["modelVersion"], url=data.get("modelUrl", ""),
+            name=data["modelName"],
+            version=data["modelVersion"],
+            url=data.get("modelUrl", ""),
             is_default=data["modelVersion"] == default_version,
-            min_workers=data.get("minWorkers", 0), max_workers=data.get("maxWorkers", 0),
-            batch_size=data.get("batchSize", 1), max_batch_delay=data.get("maxBatchDelay", 0),
+            min_workers=data.get("minWorkers", 0),
+            max_workers=data.get("maxWorkers", 0),
+            batch_size=data.get("batchSize", 1),
+            max_batch_delay=data.get("maxBatchDelay", 0),
             workers=tuple(Worker.parse(w) for w in data.get("workers", [])),
             pending_requests=(data.get("jobQueueStatus") or {}).get("pendingRequests", 0),
             response_timeout=data.get("responseTimeout", 0),
@@ -106,7 +115,9 @@ class ModelVersionStatus:
 
 
 # TorchServe's answer to a registration, which says how many workers it started.
-REGISTERED = re.compile(r'Model "(?P<name>[^"]+)" Version: (?P<version>\S+) registered with (?P<workers>\d+) initial workers')
+REGISTERED = re.compile(
+    r'Model "(?P<name>[^"]+)" Version: (?P<version>\S+) registered with (?P<workers>\d+) initial workers'
+)
 
 
 class ManagementClient(_Api):
@@ -150,11 +161,15 @@ class ManagementClient(_Api):
         registration that started another count is scaled to it.
         """
         if not re.fullmatch(r"[\w.-]+\.mar", url):
-            raise ConfigError(f"register takes an archive's file name in the model store (NAME-VERSION.mar), got {url!r}")
+            raise ConfigError(
+                f"register takes an archive's file name in the model store (NAME-VERSION.mar), got {url!r}"
+            )
         params: dict[str, Any] = {"url": url, "synchronous": str(synchronous).lower()}
         optional = {
-            "initial_workers": initial_workers, "batch_size": batch_size,
-            "max_batch_delay": max_batch_delay, "response_timeout": response_timeout,
+            "initial_workers": initial_workers,
+            "batch_size": batch_size,
+            "max_batch_delay": max_batch_delay,
+            "response_timeout": response_timeout,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
         message = self._call("POST", "/models", params=params, timeout=timeout).json().get("status", "")
@@ -172,15 +187,27 @@ class ManagementClient(_Api):
         return message
 
     def scale(
-        self, name: str, min_workers: int, max_workers: int | None = None, version: str | None = None,
-        synchronous: bool = True, timeout: float = 300,
+        self,
+        name: str,
+        min_workers: int,
+        max_workers: int | None = None,
+        version: str | None = None,
+        synchronous: bool = True,
+        timeout: float = 300,
     ) -> str:
         counts = (min_workers, min_workers if max_workers is None else max_workers)
-        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts) or counts[0] < 0 or counts[1] < counts[0]:
+        if (
+            not all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+            or counts[0] < 0
+            or counts[1] < counts[0]
+        ):
             raise ConfigError(f"bad worker counts: min {min_workers}, max {max_workers}; need integers 0 <= min <= max")
         path = f"/models/{name}/{version}" if version else f"/models/{name}"
-        params = {"min_worker": min_workers, "max_worker": max_workers if max_workers is not None else min_workers,
-                  "synchronous": str(synchronous).lower()}
+        params = {
+            "min_worker": min_workers,
+            "max_worker": max_workers if max_workers is not None else min_workers,
+            "synchronous": str(synchronous).lower(),
+        }
         return self._call("PUT", path, params=params, timeout=timeout).json().get("status", "")
 
     def set_default(self, name: str, version: str) -> str:
@@ -195,14 +222,21 @@ class InferenceClient(_Api):
     def drain(self, name: str, version: str, drain_key: str, timeout: float | None = None) -> dict:
         """End every request a continuous-batching version holds (finish_reason "cancelled"), and have it
         refuse new ones with 503 (the handler's drain route; `drain_key` from the run directory)."""
-        return self._call("POST", f"/predictions/{name}/{version}/drain", json={},
-                          headers={"X-Transerve-Drain-Key": drain_key}, timeout=timeout).json()
+        return self._call(
+            "POST",
+            f"/predictions/{name}/{version}/drain",
+            json={},
+            headers={"X-Transerve-Drain-Key": drain_key},
+            timeout=timeout,
+        ).json()
 
     def predict(self, name: str, body: Any, version: str | None = None, timeout: float | None = None) -> Any:
         """POST a JSON body (or text) to /predictions/NAME[/VERSION]; returns the parsed answer."""
         path = f"/predictions/{name}/{version}" if version else f"/predictions/{name}"
         if isinstance(body, str):
-            answer = self._call("POST", path, data=body.encode(), headers={"Content-Type": "text/plain"}, timeout=timeout)
+            answer = self._call(
+                "POST", path, data=body.encode(), headers={"Content-Type": "text/plain"}, timeout=timeout
+            )
         else:
             answer = self._call("POST", path, json=body, timeout=timeout)
         return answer.json()

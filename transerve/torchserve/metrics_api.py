@@ -23,8 +23,11 @@ class Sample:
 def parse(text: str) -> list[Sample]:
     """Every sample of a Prometheus text exposition, by prometheus_client's own parser (escaped
     label values, NaN and TorchServe's trailing commas included); ValueError if it is not one."""
-    return [Sample(sample.name, dict(sample.labels), sample.value)
-            for family in text_string_to_metric_families(text) for sample in family.samples]
+    return [
+        Sample(sample.name, dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
 
 
 def scrape(metrics_url: str, timeout: float = 10) -> list[Sample]:
@@ -67,15 +70,21 @@ def per_version(samples: list[Sample]) -> list[Figures]:
     figures = []
     for key in sorted(sums):
         values = sums[key]
-        figures.append(Figures(
-            model=key[0], version=key[1], task=tasks[key],
-            ok=values["transerve_requests_total.ok"], refused=values["transerve_requests_total.refused"],
-            inputs=values["transerve_inputs_total"],
-            mean_batch=ratio("transerve_forward_inputs_total", "transerve_forward_batches_total"),
-            input_tokens=values["transerve_input_tokens_total"],
-            generated_tokens=values["transerve_generated_tokens_total"],
-            mean_inference_ms=ratio("transerve_inference_seconds_sum", "transerve_inference_seconds_count", 1000),
-            mean_first_token_ms=ratio("transerve_time_to_first_token_seconds_sum",
-                                      "transerve_time_to_first_token_seconds_count", 1000),
-        ))
+        figures.append(
+            Figures(
+                model=key[0],
+                version=key[1],
+                task=tasks[key],
+                ok=values["transerve_requests_total.ok"],
+                refused=values["transerve_requests_total.refused"],
+                inputs=values["transerve_inputs_total"],
+                mean_batch=ratio("transerve_forward_inputs_total", "transerve_forward_batches_total"),
+                input_tokens=values["transerve_input_tokens_total"],
+                generated_tokens=values["transerve_generated_tokens_total"],
+                mean_inference_ms=ratio("transerve_inference_seconds_sum", "transerve_inference_seconds_count", 1000),
+                mean_first_token_ms=ratio(
+                    "transerve_time_to_first_token_seconds_sum", "transerve_time_to_first_token_seconds_count", 1000
+                ),
+            )
+        )
     return figures

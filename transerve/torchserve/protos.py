@@ -39,7 +39,7 @@ def jar() -> Path:
     return Path(ts.__file__).parent / "frontend" / "model-server.jar"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(kind: str) -> Protos:
     """The compiled protos of TorchServe's `inference` or `management` gRPC API."""
     if kind not in SERVICES:
@@ -52,7 +52,15 @@ def load(kind: str) -> Protos:
     include = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
     # google/rpc/status.proto (inference.proto returns it): its module comes from googleapis-common-protos
     common = Path(importlib.import_module("google.rpc").__path__[0]).parent.parent
-    args = ["protoc", f"-I{out / 'proto'}", f"-I{include}", f"-I{common}", f"--python_out={out}", f"--grpc_python_out={out}", f"{kind}.proto"]
+    args = [
+        "protoc",
+        f"-I{out / 'proto'}",
+        f"-I{include}",
+        f"-I{common}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"{kind}.proto",
+    ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"grpcio-tools could not compile {kind}.proto from {jar()}")
     sys.path.insert(0, str(out))

@@ -24,9 +24,9 @@ from pathlib import Path
 import psutil
 import requests
 
+from transerve.build.spec import REPO
 from transerve.torchserve.management import InferenceClient, ManagementClient
 from transerve.torchserve.rundir import RunDir, read_properties
-from transerve.build.spec import REPO
 from transerve.torchserve.waiting import wait_until
 
 METRICS_CONFIG = REPO / "metrics.yaml"
@@ -80,8 +80,10 @@ class Server:
         # transerve's own key, not TorchServe's: where the OpenAI gateway listens ("" for none)
         self.openai_address = self.properties.pop("openai_address", "")
         self.management_address = self.properties["management_address"]
-        self.grpc_management_address = (f"{self.properties.get('grpc_management_address', '127.0.0.1')}:"
-                                         f"{self.properties.get('grpc_management_port', '7071')}")
+        self.grpc_management_address = (
+            f"{self.properties.get('grpc_management_address', '127.0.0.1')}:"
+            f"{self.properties.get('grpc_management_port', '7071')}"
+        )
         if self.guard:  # TorchServe's own management APIs move to private loopback ports
             rest, grpc = free_ports(2)
             self.properties["management_address"] = f"http://127.0.0.1:{rest}"
@@ -89,20 +91,26 @@ class Server:
             self.properties["grpc_management_port"] = str(grpc)
 
     @classmethod
-    def on_free_ports(cls, model_store: Path, run_dir: Path, openai: bool = True, overrides: dict | None = None,
-                      **kwargs) -> "Server":
+    def on_free_ports(
+        cls, model_store: Path, run_dir: Path, openai: bool = True, overrides: dict | None = None, **kwargs
+    ) -> Server:
         """A server with every listener on a loopback port free now, the OpenAI gateway's too
         (none with openai=False): tests, benchmarks and soaks, beside whatever else the machine runs."""
         inference, management, metrics, grpc_inference, grpc_management, gateway = free_ports(6)
-        return cls(model_store=model_store, run_dir=run_dir, overrides={
-            "inference_address": f"http://127.0.0.1:{inference}",
-            "management_address": f"http://127.0.0.1:{management}",
-            "metrics_address": f"http://127.0.0.1:{metrics}",
-            "grpc_inference_port": str(grpc_inference),
-            "grpc_management_port": str(grpc_management),
-            "openai_address": f"http://127.0.0.1:{gateway}" if openai else "",
-            **(overrides or {}),
-        }, **kwargs)
+        return cls(
+            model_store=model_store,
+            run_dir=run_dir,
+            overrides={
+                "inference_address": f"http://127.0.0.1:{inference}",
+                "management_address": f"http://127.0.0.1:{management}",
+                "metrics_address": f"http://127.0.0.1:{metrics}",
+                "grpc_inference_port": str(grpc_inference),
+                "grpc_management_port": str(grpc_management),
+                "openai_address": f"http://127.0.0.1:{gateway}" if openai else "",
+                **(overrides or {}),
+            },
+            **kwargs,
+        )
 
     @property
     def rundir(self) -> RunDir:
@@ -144,8 +152,15 @@ class Server:
 
     def command(self, foreground: bool = False) -> list[str]:
         command = [
-            sys.executable, "-m", "ts.model_server", "--start", "--ncs",
-            "--ts-config", str(self.config_file), "--model-store", str(self.model_store),
+            sys.executable,
+            "-m",
+            "ts.model_server",
+            "--start",
+            "--ncs",
+            "--ts-config",
+            str(self.config_file),
+            "--model-store",
+            str(self.model_store),
         ]
         return command + (["--foreground"] if foreground else [])
 
@@ -184,7 +199,12 @@ class Server:
         # The Java frontend outlives this call and keeps its output streams: give it a file.
         with open(self.log_dir / "torchserve.out", "ab") as out:
             started = subprocess.run(
-                self.command(), cwd=self.run_dir, env=self.environment(), stdout=out, stderr=subprocess.STDOUT, timeout=60,
+                self.command(),
+                cwd=self.run_dir,
+                env=self.environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=60,
             )
         if started.returncode != 0:
             raise ServerError(f"torchserve --start failed; see {self.log_dir}/torchserve.out")
@@ -197,21 +217,47 @@ class Server:
     def start_guard(self) -> None:
         listen = self.management_address.split("://", 1)[1]
         grpc_upstream = f"127.0.0.1:{self.properties['grpc_management_port']}"
-        self._spawn("guard", ["--listen", listen, "--upstream", self.properties["management_address"],
-                              "--store", str(self.model_store),
-                              "--grpc-listen", self.grpc_management_address, "--grpc-upstream", grpc_upstream],
-                    {"listen": self.management_address, "upstream": self.properties["management_address"],
-                     "grpc_listen": self.grpc_management_address, "grpc_upstream": grpc_upstream},
-                    [listen, self.grpc_management_address])
+        self._spawn(
+            "guard",
+            [
+                "--listen",
+                listen,
+                "--upstream",
+                self.properties["management_address"],
+                "--store",
+                str(self.model_store),
+                "--grpc-listen",
+                self.grpc_management_address,
+                "--grpc-upstream",
+                grpc_upstream,
+            ],
+            {
+                "listen": self.management_address,
+                "upstream": self.properties["management_address"],
+                "grpc_listen": self.grpc_management_address,
+                "grpc_upstream": grpc_upstream,
+            },
+            [listen, self.grpc_management_address],
+        )
 
     def start_gateway(self) -> None:
         """The OpenAI gateway (transerve/edge/gateway.py) in front of TorchServe's inference API."""
         listen = self.openai_address.split("://", 1)[-1].rstrip("/")
         auth = self.properties.get("disable_token_authorization") != "true"
-        self._spawn("gateway", ["--listen", listen, "--inference", self.properties["inference_address"],
-                                "--management", self.properties["management_address"],
-                                *(["--key-file", str(self.key_file)] if auth else [])],
-                    {"listen": listen, "base_url": self.url("openai")}, [listen])
+        self._spawn(
+            "gateway",
+            [
+                "--listen",
+                listen,
+                "--inference",
+                self.properties["inference_address"],
+                "--management",
+                self.properties["management_address"],
+                *(["--key-file", str(self.key_file)] if auth else []),
+            ],
+            {"listen": listen, "base_url": self.url("openai")},
+            [listen],
+        )
 
     def _spawn(self, name: str, args: list[str], record: dict, addresses: list[str], timeout: float = 20) -> None:
         """transerve.edge.<name> as a process of its own, recorded in the run dir (<name>.json), once
@@ -236,7 +282,12 @@ class Server:
 
         deadline = time.monotonic() + timeout
         for address in addresses:
-            wait_until(lambda: listening(address), max(deadline - time.monotonic(), 0), not_started, interval=0.1)
+            wait_until(
+                lambda address=address: listening(address),
+                max(deadline - time.monotonic(), 0),
+                not_started,
+                interval=0.1,
+            )
 
     def wait_healthy(self, timeout: float = 120) -> None:
         def healthy() -> bool:
@@ -251,8 +302,13 @@ class Server:
                 return False
             return answer.status_code == 200 and bool(key or auth_off)
 
-        wait_until(healthy, timeout, lambda: ServerError(
-            f"TorchServe did not answer /ping within {timeout:.0f}s; see {self.log_dir}/ts_log.log"))
+        wait_until(
+            healthy,
+            timeout,
+            lambda: ServerError(
+                f"TorchServe did not answer /ping within {timeout:.0f}s; see {self.log_dir}/ts_log.log"
+            ),
+        )
 
     def run(self, archives: dict[str, str], timeout: float = 300, log=print) -> int:
         """TorchServe in the foreground serving `archives` ({name: file in the model store})
@@ -262,8 +318,9 @@ class Server:
         self.prepare()
         models = [f"{name}={file}" for name, file in archives.items()]
         # The frontend's and workers' logs go to this process's output: a container's log.
-        process = subprocess.Popen(self.command(foreground=True) + ["--models", *models],
-                                   cwd=self.run_dir, env=self.environment())
+        process = subprocess.Popen(
+            self.command(foreground=True) + ["--models", *models], cwd=self.run_dir, env=self.environment()
+        )
         stopping = []
 
         def stop(signum, _frame):
@@ -275,8 +332,11 @@ class Server:
             while process.poll() is None and not stopping:
                 if not ready and self._ready(list(archives)):
                     ready = True
-                    log(f"transerve: serving {', '.join(models)} at {self.url('inference')}/predictions/<model> "
-                        f"(keys: {self.key_file})", flush=True)
+                    log(
+                        f"transerve: serving {', '.join(models)} at {self.url('inference')}/predictions/<model> "
+                        f"(keys: {self.key_file})",
+                        flush=True,
+                    )
                     if self.openai_address:
                         self.start_gateway()
                         log(f"transerve: OpenAI API at {self.url('openai')} (api_key: the inference key)", flush=True)
@@ -322,8 +382,11 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def clients(run: RunDir, management_key: str | None = None, inference_key: str | None = None,
-            ) -> tuple[ManagementClient, InferenceClient]:
+def clients(
+    run: RunDir,
+    management_key: str | None = None,
+    inference_key: str | None = None,
+) -> tuple[ManagementClient, InferenceClient]:
     """Clients of the TorchServe started from `run`, with its keys (read at each call) unless given."""
     if not run.started():
         raise ServerError(f"no TorchServe was started from {run.path}; run `transerve serve` first")

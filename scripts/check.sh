@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The static checks `make test` runs before pytest: ruff (lint and format) and mypy over the
+# code that ships (handlers/, transerve/; settings in pyproject.toml), and the docs built
+# strictly (a broken link, a page missing from the nav or a stale generated table fails).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=.venv/bin
+$bin/ruff check handlers transerve
+$bin/ruff format --check handlers transerve
+$bin/mypy
+$bin/python scripts/docs_tables.py --check
+site=$(mktemp -d)
+trap 'rm -rf "$site"' EXIT
+$bin/mkdocs build --strict --quiet -d "$site"
+echo "check: ruff, mypy, docs tables and mkdocs --strict passed"
