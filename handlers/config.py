@@ -67,7 +67,10 @@ def _matches(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-T = typing.TypeVar("T")
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = typing.TypeVar("T", bound="DataclassInstance")
 
 
 @functools.cache

@@ -40,7 +40,7 @@ class Task(abc.ABC):
     returns one output per input; the handler gives each item back its own slice.
     """
 
-    Params: type  # dataclass of the per-request `parameters` this task accepts
+    Params: type[Any]  # dataclass of the per-request `parameters` this task accepts
     name: str  # its key in handlers.tasks.TASKS
     chat = False  # accepts `messages`
     streams = False  # accepts `"stream": true`
@@ -77,7 +77,7 @@ class Task(abc.ABC):
         """One output per input of the batch; never called with None."""
 
     @abc.abstractmethod
-    def results(self, item: Item, outputs: list) -> list[Result]:
+    def results(self, item: Item, outputs: list) -> Sequence[Result]:
         """One typed result per input of `item`, from its own outputs (a protocol writes them)."""
 
     @abc.abstractmethod

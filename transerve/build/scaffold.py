@@ -71,7 +71,7 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def settings(task: str, implied: dict, n_cores: int, chat: bool) -> tuple[dict, dict, dict]:
+def settings(task: str, implied: dict, n_cores: int, chat: bool) -> tuple[dict, dict, Any]:
     """(handler, runtime, sample) for a new spec of `task` on a machine of `n_cores`."""
     if task == "generation":
         handler = {

@@ -7,6 +7,7 @@ it to its working directory) and `logs/`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -283,7 +284,7 @@ class Server:
         deadline = time.monotonic() + timeout
         for address in addresses:
             wait_until(
-                lambda address=address: listening(address),
+                functools.partial(listening, address),
                 max(deadline - time.monotonic(), 0),
                 not_started,
                 interval=0.1,
