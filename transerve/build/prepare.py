@@ -487,14 +487,14 @@ def _native(gguf: Path, package: str | None, work: Path, log) -> dict:
     }
 
 
-def _greedy(engine, prompt: list[int], n: int) -> list[int]:
-    """n greedy tokens from llama.cpp alone (argmax of each step's logits)."""
+def _greedy_row(prompt: list[int], max_new: int):
+    """A decoder row that only the engine's logits decide: no sampling, penalty, stop or seed."""
     from handlers.generation.decoder import Row
 
-    row = Row(
+    return Row(
         item=None,
         prompt=prompt,
-        max_new=n,
+        max_new=max_new,
         sample=False,
         temperature=1.0,
         top_k=0,
@@ -505,6 +505,11 @@ def _greedy(engine, prompt: list[int], n: int) -> list[int]:
         generator=None,
         stream=False,
     )
+
+
+def _greedy(engine, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens from llama.cpp alone (argmax of each step's logits)."""
+    row = _greedy_row(prompt, n)
     engine.admit([row], None)
     for _ in range(n):
         row.tokens.append(int(engine.forward()[0].argmax()))
@@ -514,22 +519,7 @@ def _greedy(engine, prompt: list[int], n: int) -> list[int]:
 
 def _next_tokens(engine, ids: list[int]) -> list[int]:
     """llama.cpp's argmax next token at every position of `ids`, the text fed one token a step."""
-    from handlers.generation.decoder import Row
-
-    row = Row(
-        item=None,
-        prompt=ids[:1],
-        max_new=len(ids),
-        sample=False,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        repetition_penalty=1.0,
-        stops=[],
-        seed=None,
-        generator=None,
-        stream=False,
-    )
+    row = _greedy_row(ids[:1], len(ids))
     engine.admit([row], None)
     found = [int(engine.forward()[0].argmax())]
     for token in ids[1:]:
