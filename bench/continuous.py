@@ -124,14 +124,14 @@ class LlamaRaw:
         import numpy as np
         from transformers import AutoTokenizer
 
+        from handlers.engines.llamacpp import load_model
+
         self.L, self.np, self.threads = L, np, threads
         self._quiet = L.llama_log_callback(lambda level, text, user: None)
         L.llama_log_set(self._quiet, ctypes.c_void_p(0))
         L.llama_backend_init()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        model_params = L.llama_model_default_params()
-        model_params.use_extra_bufts = False  # as the engine loads it: AMX's q4_1 repack crashes llama_decode
-        self.model = L.llama_model_load_from_file(str(gguf).encode(), model_params)
+        self.model = load_model(L, gguf)  # as the engine loads it
         self.vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
         params = L.llama_context_default_params()
         params.n_seq_max, params.n_ctx = rows, rows * 512

@@ -61,6 +61,19 @@ def find_gguf(model_dir: str | Path) -> Path:
     return found[0]
 
 
+def load_model(L, path: str | Path):
+    """The GGUF at `path` loaded on the CPU, as the engine and every in-process reference load it
+    (`L` is the llama_cpp module; a null pointer when llama.cpp cannot load it)."""
+    params = L.llama_model_default_params()
+    params.n_gpu_layers = 0
+    # No repacked weight buffers: on a CPU with AMX, llama.cpp 0.3.36 repacks q4_1 weights
+    # for its AMX backend and then crashes the process in the first decode (seen on a Xeon
+    # with amx_int8: SIGSEGV in llama_decode). The repack for AVX2/AVX-512 covers q4_0 and
+    # k-quants only, so the q4_1 default loses nothing by it.
+    params.use_extra_bufts = False
+    return L.llama_model_load_from_file(str(path).encode(), params)
+
+
 class LlamaCppLM:
     """The KV state and forward pass of handlers.generation.decoder's Engine, on llama.cpp."""
 
@@ -72,14 +85,7 @@ class LlamaCppLM:
         self.L = L = llama_cpp
         _route_logs(L)
         L.llama_backend_init()
-        params = L.llama_model_default_params()
-        params.n_gpu_layers = 0
-        # No repacked weight buffers: on a CPU with AMX, llama.cpp 0.3.36 repacks q4_1 weights
-        # for its AMX backend and then crashes the process in the first decode (seen on a Xeon
-        # with amx_int8: SIGSEGV in llama_decode). The repack for AVX2/AVX-512 covers q4_0 and
-        # k-quants only, so the q4_1 default loses nothing by it.
-        params.use_extra_bufts = False
-        self.model = L.llama_model_load_from_file(str(path).encode(), params)
+        self.model = load_model(L, path)
         if not self.model:
             raise LlamaCppError(f"llama.cpp could not load {path} (see the worker log for its reason)")
         self.vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))

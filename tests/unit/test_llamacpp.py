@@ -51,11 +51,11 @@ class LlamaCpp:
     def __init__(self, gguf):
         import llama_cpp as L
 
+        from handlers.engines.llamacpp import load_model
+
         self.L = L
         L.llama_backend_init()
-        model_params = L.llama_model_default_params()
-        model_params.use_extra_bufts = False  # as the engine loads it: AMX's q4_1 repack crashes llama_decode
-        self.model = L.llama_model_load_from_file(str(gguf).encode(), model_params)
+        self.model = load_model(L, gguf)  # as the engine loads it
         self.vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
         params = L.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 1024, 512, 512, 1
