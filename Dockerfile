@@ -105,7 +105,7 @@ RUN if [ -n "${PIP_FIND_LINKS}" ]; then export PIP_FIND_LINKS; \
 COPY models/ models/
 COPY transerve/build/ transerve/build/
 COPY handlers/config.py handlers/
-COPY handlers/tasks/__init__.py handlers/tasks/
+COPY handlers/tasks/__init__.py handlers/tasks/answers.py handlers/tasks/
 # smollm2-chat's default runs on llama.cpp: its preparation proves the GGUF with the worker's engine.
 COPY handlers/engines/__init__.py handlers/engines/llamacpp.py handlers/engines/
 COPY handlers/generation/ handlers/generation/

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from handlers.tasks import TaskEntry, entry, key_owners, served_by
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown or has the wrong type; the message names where."""
@@ -112,21 +114,25 @@ def parse_dataclass(cls: type[T], data: Mapping[str, Any] | None, where: str) ->
     return obj
 
 
-ENCODERS = ("embedding", "classification", "token_classification")
-# The handler keys that mean something to some tasks only, and those tasks; every other key
-# applies to all. A spec that sets one for another task is refused (transerve.build.spec).
-TASK_KEYS: dict[str, tuple[str, ...]] = {
-    "pooling": ("embedding",),
-    "normalize": ("embedding",),
-    "aggregation": ("token_classification",),
-    "max_batch_tokens": ENCODERS,
-    "max_new_tokens": ("generation",),
-    "default_max_new_tokens": ("generation",),
-    "max_running": ("generation",),
-    "max_waiting": ("generation",),
-    "prefill_tokens": ("generation",),
-    "max_timeout": ("generation",),
-    "step_budget_ms": ("generation",),
+# The handler keys that mean something to some tasks only, and those tasks (each task's entry in
+# the registry lists its own); every other key applies to all. A spec that sets one for another
+# task is refused (transerve.build.spec).
+TASK_KEYS = key_owners()
+
+
+def _tasks(engine: str) -> str:
+    return ", ".join(served_by(engine))
+
+
+# An engine set for a task it does not run (the registry's `engines`) -> why, in words.
+REFUSED_ENGINE = {
+    "onnxruntime": lambda task: (
+        f"onnxruntime runs the encoder tasks ({_tasks('onnxruntime')}); {task} decodes with torch: "
+        "remove engine or set engine: torch"
+    ),
+    "llamacpp": lambda task: (
+        f"llamacpp runs {_tasks('llamacpp')} from a GGUF file; this model's task is {task}: remove engine"
+    ),
 }
 
 
@@ -134,7 +140,7 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
 class HandlerConfig:
     """What the handler needs to know beyond the model files; every key has a default."""
 
-    task: str  # a key of handlers.tasks.TASKS
+    task: str  # a task of the registry (handlers.tasks.TASKS)
     # Tokens per input; None = the smaller of the tokenizer's and the model's limit.
     max_length: int | None = None
     # Over max_length: cut (True) or refuse the input with 413 (False). None: the task's
@@ -188,11 +194,17 @@ class HandlerConfig:
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
-    def check(self):
-        from handlers.tasks import TASKS  # the one table of tasks (standard library only)
+    @property
+    def entry(self) -> TaskEntry:
+        """What this task is (handlers.tasks); the task is known once parse_dataclass has checked it."""
+        return entry(self.task)
 
-        if self.task not in TASKS:
-            yield "task", f"unknown task {self.task!r}; known tasks: {', '.join(TASKS)}"
+    def check(self):
+        try:
+            task = entry(self.task)
+        except ValueError as e:
+            yield "task", str(e)
+            return
         for key in (
             "max_length",
             "max_inputs_per_request",
@@ -211,16 +223,10 @@ class HandlerConfig:
                 yield key, f"expected a positive integer, got {value!r}"
         if not 0 <= self.step_budget_ms <= 1000:
             yield "step_budget_ms", f"expected 0 to 1000 milliseconds, got {self.step_budget_ms!r}"
-        if self.engine == "onnxruntime":
-            if self.task == "generation":
-                yield (
-                    "engine",
-                    (
-                        "onnxruntime runs the encoder tasks (embedding, classification, token_classification); "
-                        "generation decodes with torch: remove engine or set engine: torch"
-                    ),
-                )
-            elif self.quantize:
+        if self.engine not in task.engines:
+            yield "engine", REFUSED_ENGINE[self.engine](self.task)
+        elif self.engine == "onnxruntime":
+            if self.quantize:
                 yield (
                     "quantize",
                     "int8 dynamic quantization is a torch engine option: remove quantize, or set engine: torch",
@@ -230,13 +236,8 @@ class HandlerConfig:
                     "dtype",
                     f"the ONNX graph is exported in float32; dtype is {self.dtype}: remove dtype, or set engine: torch",
                 )
-        if self.engine == "llamacpp":
-            if self.task != "generation":
-                yield (
-                    "engine",
-                    f"llamacpp runs generation from a GGUF file; this model's task is {self.task}: remove engine",
-                )
-            elif self.quantize:
+        elif self.engine == "llamacpp":
+            if self.quantize:
                 yield "quantize", "a GGUF file carries its own quantization: remove quantize, or set engine: torch"
             elif self.dtype != "float32":
                 yield "dtype", f"llama.cpp computes in the GGUF file's own types; dtype is {self.dtype}: remove dtype"

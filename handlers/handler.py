@@ -52,8 +52,8 @@ class TransformersHandler(BaseHandler):
         # TorchServe's continuous batching: one decode step per call (handlers/generation/scheduler.py)
         self.scheduler = None
         if (context.model_yaml_config or {}).get("continuousBatching"):
-            if self.cfg.task != "generation":
-                raise ValueError(f"continuousBatching is for generation; this model's task is {self.cfg.task}")
+            if not self.cfg.entry.decodes:
+                raise ValueError(f"continuousBatching decodes step by step; this model's task is {self.cfg.task}")
             from handlers.generation.scheduler import ContinuousScheduler, cancel_id  # imports the generation task
 
             self.cancel_id = cancel_id

@@ -90,8 +90,14 @@ def runtime_keys() -> str:
 
 
 def tasks() -> str:
-    """The one table of tasks (handlers/tasks: TASKS)."""
-    return table(("task", "class"), [(f"`{name}`", f"`{path}`") for name, path in TASKS.items()])
+    """The task registry (handlers/tasks/__init__.py: TASKS)."""
+    def names(values) -> str:
+        return ", ".join(f"`{v}`" for v in values) or "none"
+
+    body = [(f"`{name}`", f"`{t.cls}`", f"`{t.auto_class}`", names(f"…{s}" for s in (*t.architectures, *t.bare_architectures)),
+             "token by token" if t.decodes else "one forward pass", names(t.engines), names(f"/{r}" for r in t.openai_routes))
+            for name, t in TASKS.items()]
+    return table(("task", "class", "loads", "architectures", "answers in", "engines", "OpenAI routes"), body)
 
 
 def metrics() -> str:

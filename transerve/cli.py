@@ -170,9 +170,10 @@ def _openai_samples(server: Server, versions) -> None:
     """Each model's sample again, as an OpenAI request through the gateway."""
     for mv in versions:
         request = mv.samples[0].request if mv.samples else {}
-        if mv.task == "generation" and "messages" in request:
+        routes = mv.handler.entry.openai_routes
+        if "v1/chat/completions" in routes and "messages" in request:
             route, body = "chat/completions", {"model": mv.name, "messages": request["messages"], "max_tokens": 32}
-        elif mv.task == "embedding" and request.get("inputs"):
+        elif "v1/embeddings" in routes and request.get("inputs"):
             route, body = "embeddings", {"model": mv.name, "input": request["inputs"]}
         else:
             continue

@@ -25,11 +25,15 @@ from handlers.config import short
 from handlers.payload import ROLES, InputError, Payload, check_messages, check_text, check_texts, read_body
 from handlers.protocols.base import Protocol, dumps
 from handlers.results import Embedding, Generation, Result
+from handlers.tasks import TASKS
 
 CHAT, COMPLETIONS, EMBEDDINGS, MODELS = "v1/chat/completions", "v1/completions", "v1/embeddings", "v1/models"
 ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS, MODELS)
-TASK_OF = {CHAT: "generation", COMPLETIONS: "generation", EMBEDDINGS: "embedding"}
-ROUTE_OF = {"generation": f"/{CHAT} or /{COMPLETIONS}", "embedding": f"/{EMBEDDINGS}"}
+# Which task answers each route, and where each task is served: the registry's openai_routes.
+TASK_OF = {route: task.name for task in TASKS.values() for route in task.openai_routes}
+ROUTE_OF = {
+    task.name: " or ".join(f"/{r}" for r in task.openai_routes) for task in TASKS.values() if task.openai_routes
+}
 
 # OpenAI parameters transerve does not implement: accepted only with the value that means
 # "off" (what OpenAI does when they are left out).

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoTokenizer
 
 from handlers.config import ConfigError, HandlerConfig, parse_dataclass
 from handlers.engines import load_engine
 from handlers.payload import InputError, Payload
 from handlers.results import Result
+from handlers.tasks import TASKS, TaskEntry, TaskName
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +43,18 @@ class Task(abc.ABC):
     """
 
     Params: type[Any]  # dataclass of the per-request `parameters` this task accepts
-    name: str  # its key in handlers.tasks.TASKS
+    name: TaskName  # its entry in the registry (handlers.tasks.TASKS)
     chat = False  # accepts `messages`
     streams = False  # accepts `"stream": true`
+
+    @property
+    def entry(self) -> TaskEntry:
+        return TASKS[self.name]
+
+    @property
+    def auto_class(self) -> Any:
+        """The transformers AutoModel… class that loads the task's weights (its registry entry)."""
+        return getattr(transformers, self.entry.auto_class)
 
     @abc.abstractmethod
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None: ...
@@ -201,13 +212,10 @@ def model_max_length(tokenizer, model_config, configured: int | None) -> int:
 class EncoderTask(Task):
     """A task answered by one encoder forward: fast tokenizer, safetensors model, token limit."""
 
-    auto_class: Any  # the transformers AutoModel… class to load
-    output: str  # the field of its output the task reads: last_hidden_state or logits
-
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.tokenizer = load_tokenizer(model_dir, cfg)
-        self.engine = load_engine(self.auto_class, self.output, model_dir, cfg, device)
+        self.engine = load_engine(self.auto_class, self.entry.output, model_dir, cfg, device)
         config = self.engine.config
         self.max_length = model_max_length(self.tokenizer, config, cfg.max_length)
         # The label of each output column, from the model config (classifiers use it).

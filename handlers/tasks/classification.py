@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from handlers.config import HandlerConfig
 from handlers.payload import InputError, Payload
 from handlers.results import Label, Labels
+from handlers.tasks import TaskName
 from handlers.tasks.base import EncoderTask, Item, Tokens
 
 
@@ -21,10 +21,8 @@ class ClassificationParams:
 
 
 class ClassificationTask(EncoderTask):
-    name = "classification"
+    name = TaskName.CLASSIFICATION
     Params = ClassificationParams
-    auto_class = AutoModelForSequenceClassification
-    output = "logits"
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         super().load(model_dir, cfg, device)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel
 
 from handlers.results import Embedding
+from handlers.tasks import TaskName
 from handlers.tasks.base import EncoderTask, Item, Tokens
 
 
@@ -26,10 +26,8 @@ class EmbeddingBatch:
 
 
 class EmbeddingTask(EncoderTask):
-    name = "embedding"
+    name = TaskName.EMBEDDING
     Params = EmbeddingParams
-    auto_class = AutoModel
-    output = "last_hidden_state"
 
     def collate(self, items: Sequence[Item]) -> EmbeddingBatch | None:
         tokens = self.tokens(items)

@@ -17,13 +17,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+from transformers import AutoConfig, GenerationConfig
 
 from handlers.config import HandlerConfig, short
 from handlers.engines.torch import TorchLM, load_pretrained
 from handlers.generation.decoder import Decoder, Row, Stepped
 from handlers.payload import InputError, Payload
 from handlers.results import Generation
+from handlers.tasks import TaskName
 from handlers.tasks.base import Item, Task, Usage, load_tokenizer, model_max_length
 
 MAX_STOP_STRINGS = 8
@@ -78,7 +79,7 @@ class Prompts:
 
 
 class GenerationTask(Task):
-    name = "generation"
+    name = TaskName.GENERATION
     Params = GenerationParams
     chat = True
     streams = True
@@ -91,7 +92,7 @@ class GenerationTask(Task):
             gen = GenerationConfig.from_pretrained(model_dir)
             self.model = None
         else:
-            self.model = load_pretrained(AutoModelForCausalLM, model_dir, cfg, device)
+            self.model = load_pretrained(self.auto_class, model_dir, cfg, device)
             config, gen = self.model.config, self.model.generation_config
         self.vocab_size = config.vocab_size
         self.max_length = model_max_length(self.tokenizer, config, cfg.max_length)

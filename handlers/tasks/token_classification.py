@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import AutoModelForTokenClassification
 
 from handlers.config import HandlerConfig
 from handlers.payload import InputError, Payload
 from handlers.results import Entities
+from handlers.tasks import TaskName
 from handlers.tasks.base import EncoderTask, Item, Tokens
 
 Strategy = Literal["none", "simple", "first", "max", "average"]
@@ -41,10 +41,8 @@ class Token:
 
 
 class TokenClassificationTask(EncoderTask):
-    name = "token_classification"
+    name = TaskName.TOKEN_CLASSIFICATION
     Params = TokenClassificationParams
-    auto_class = AutoModelForTokenClassification
-    output = "logits"
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
         super().load(model_dir, cfg, device)

@@ -13,18 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from handlers.config import ConfigError
+from handlers.tasks import TASKS, TaskEntry, TaskName, known
 
-# The head class's name ends with -> the task. transformers names heads this way for every
-# architecture (BertForTokenClassification, Qwen2ForCausalLM, GPT2LMHeadModel, ...).
-ARCHITECTURES = (
-    ("ForSequenceClassification", "classification"),
-    ("ForTokenClassification", "token_classification"),
-    ("ForCausalLM", "generation"),
-    ("LMHeadModel", "generation"),
-)
-# A bare encoder gives hidden states: served as embeddings, mean pooled (sentence-transformers'
-# default for models it did not train).
-ENCODER_SUFFIX = "Model"
+# The head class's name ends with -> the task (each task's `architectures` in the registry).
+# transformers names heads this way for every architecture (BertForTokenClassification,
+# Qwen2ForCausalLM, GPT2LMHeadModel, ...). Only when no name has a head is a bare model
+# (BertModel: hidden states) served as its task says (`bare_architectures`).
+HEADS: list[tuple[str, TaskEntry, dict, str]] = [
+    (suffix, task, {}, "") for task in TASKS.values() for suffix in task.architectures
+]
+BARE: list[tuple[str, TaskEntry, dict, str]] = [
+    (suffix, task, task.bare_handler or {}, task.bare_why)
+    for task in TASKS.values()
+    for suffix in task.bare_architectures
+]
 # sentence-transformers' pooling settings -> transerve's pooling: booleans per mode in the
 # layout most published models have, one `pooling_mode` string in what version 6 saves.
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "mean": "mean", "cls": "cls"}
@@ -82,17 +84,15 @@ def _sentence_transformers(folder: Path, modules: list) -> Detected:
     bert = _json(folder / "sentence_bert_config.json") or {}
     if isinstance(bert.get("max_seq_length"), int):
         handler["max_length"] = bert["max_seq_length"]
-    return Detected("embedding", "a sentence-transformers folder (modules.json)", handler)
+    return Detected(TaskName.EMBEDDING, "a sentence-transformers folder (modules.json)", handler)
 
 
 def detect(folder: Path, gguf: str | None = None) -> Detected:
     """The task of the model in `folder` (a GGUF file in it, when `gguf` names one)."""
-    from handlers.tasks import TASKS
-
-    how = f"set the task yourself: `task:` in the spec, or --task for transerve init (one of: {', '.join(TASKS)})"
+    how = f"set the task yourself: `task:` in the spec, or --task for transerve init (one of: {known()})"
     if gguf is not None:
         # transformers loads GGUF files as causal language models only.
-        return Detected("generation", f"a GGUF file ({gguf}), which transformers loads as a causal LM")
+        return Detected(TaskName.GENERATION, f"a GGUF file ({gguf}), which transformers loads as a causal LM")
     modules = _json(folder / "modules.json")
     if isinstance(modules, list):
         return _sentence_transformers(folder, modules)
@@ -100,14 +100,12 @@ def detect(folder: Path, gguf: str | None = None) -> Detected:
     if not isinstance(config, dict):
         raise DetectError(f"cannot tell the task of {folder}: it has no config.json; {how}")
     architectures = config.get("architectures") or []
-    for name in architectures:
-        for suffix, task in ARCHITECTURES:
-            if str(name).endswith(suffix):
-                return Detected(task, f"config.json's architectures: {name}")
-    for name in architectures:
-        if str(name).endswith(ENCODER_SUFFIX):
-            return Detected(
-                "embedding", f"config.json's architectures: {name}, a bare encoder (mean pooled)", {"pooling": "mean"}
-            )
+    for table in (HEADS, BARE):
+        for name in architectures:
+            for suffix, task, handler, why in table:
+                if str(name).endswith(suffix):
+                    return Detected(
+                        task.name, f"config.json's architectures: {name}{why and ', ' + why}", dict(handler)
+                    )
     said = f"architectures {architectures}" if architectures else "no architectures"
     raise DetectError(f"cannot tell the task of {folder}: config.json has {said}; {how}")

@@ -37,6 +37,7 @@ import shutil
 import time
 from pathlib import Path
 
+from handlers.tasks import TASKS, TaskName, served_by
 from transerve.build.spec import PICKLED, REPO, ModelVersion, SpecError
 
 PREPARED = REPO / ".transerve" / "prepared"
@@ -192,8 +193,6 @@ PROBE = [
 ]
 COSINE = 0.99999
 SCORE_TOLERANCE = 1e-4
-# What each encoder task reads from its model (handlers.tasks: auto_class, output).
-ENCODERS = {"embedding", "classification", "token_classification"}
 
 
 def _source_fingerprint(source: Path, mv: ModelVersion) -> dict:
@@ -210,10 +209,9 @@ def _source_fingerprint(source: Path, mv: ModelVersion) -> dict:
 def prepare_onnx(source: Path, mv: ModelVersion, cache: Path = PREPARED, log=print) -> Path:
     """Export the torch model in `source` to ONNX under `cache`, proved, or reuse the last one."""
 
-    if mv.handler.task not in ENCODERS:
-        raise SpecError(
-            f"{mv.spec_file}: handler.engine: onnxruntime runs {', '.join(sorted(ENCODERS))}, not {mv.handler.task}"
-        )
+    if "onnxruntime" not in mv.handler.entry.engines:
+        runs = ", ".join(sorted(served_by("onnxruntime")))
+        raise SpecError(f"{mv.spec_file}: handler.engine: onnxruntime runs {runs}, not {mv.handler.task}")
     fingerprint = _source_fingerprint(source, mv)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     out = cache / f"onnx-{mv.handler.task}-{source.name}-{key}"
@@ -261,19 +259,24 @@ def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
     import logging
     import warnings
 
+    import transformers
+
     from handlers.engines.ort import GRAPH, INPUTS, OrtEngine
-    from handlers.tasks import task_class
     from handlers.tasks.base import load_tokenizer, model_max_length
 
-    task = task_class(mv.handler.task)
+    task = mv.handler.entry  # what the task loads, and the one output of it that it reads
     step = _steps(log, 5)
-    step(f"loading the torch model ({task.auto_class.__name__}) and its tokenizer")
-    model = task.auto_class.from_pretrained(
-        source,
-        dtype=torch.float32,
-        use_safetensors=None if mv.handler.allow_pickle else True,
-        trust_remote_code=mv.handler.trust_remote_code,
-    ).eval()
+    step(f"loading the torch model ({task.auto_class}) and its tokenizer")
+    model = (
+        getattr(transformers, task.auto_class)
+        .from_pretrained(
+            source,
+            dtype=torch.float32,
+            use_safetensors=None if mv.handler.allow_pickle else True,
+            trust_remote_code=mv.handler.trust_remote_code,
+        )
+        .eval()
+    )
     tokenizer = load_tokenizer(str(source), mv.handler)
     limit = model_max_length(tokenizer, model.config, None)
 
@@ -338,7 +341,7 @@ def compare(task: str, expected, got, mask) -> dict:
     import torch
     import torch.nn.functional as F
 
-    if task == "embedding":
+    if TASKS[TaskName(task)].output == "last_hidden_state":  # pooled as the embedding task pools
         weights = mask.unsqueeze(-1).float()
         cosines = []
         for pool in (lambda h: (h * weights).sum(1) / weights.sum(1), lambda h: h[:, 0]):
@@ -349,7 +352,7 @@ def compare(task: str, expected, got, mask) -> dict:
             "worst_cosine": worst,
             "summary": f"worst cosine to torch {worst:.7f} over mean and CLS pooling, {COSINE} needed",
         }
-    if task == "token_classification":  # only the real tokens: padding's logits are never read
+    if expected.dim() == 3:  # a label per token: only the real tokens, padding's logits are never read
         keep = mask.bool()
         expected, got = expected[keep], got[keep]
     same_labels = bool(torch.equal(expected.argmax(-1), got.argmax(-1)))

@@ -20,21 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from handlers.config import ConfigError
+from handlers.tasks import TASKS, TaskName, known
 from transerve.build.detect import Detected, DetectError, detect
 from transerve.build.spec import SpecError, load_spec
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-
-SAMPLES = {
-    "embedding": {"inputs": ["TorchServe serves transformers models.", "A second sentence to embed."]},
-    "classification": {"inputs": "I loved this film, every minute of it."},
-    "token_classification": {"inputs": "My name is Sarah and I live in London."},
-}
-CHAT_SAMPLE = {
-    "messages": [{"role": "user", "content": "What is the capital of France?"}],
-    "parameters": {"max_new_tokens": 32},
-}
-PROMPT_SAMPLE = {"inputs": "The capital of France is", "parameters": {"max_new_tokens": 32}}
 
 COMMENTS = {
     "max_length": "tokens per input; longer inputs are cut (encoders) or refused with 413 (generation)",
@@ -72,31 +62,12 @@ def cores() -> int:
 
 
 def settings(task: str, implied: dict, n_cores: int, chat: bool) -> tuple[dict, dict, Any]:
-    """(handler, runtime, sample) for a new spec of `task` on a machine of `n_cores`."""
-    if task == "generation":
-        handler = {
-            "max_new_tokens": 512,
-            "default_max_new_tokens": 128,
-            "threads": n_cores,
-            "max_running": 16,
-            "max_waiting": 16,
-            "prefill_tokens": 256,
-        }
-        # batchSize above max_running + max_waiting: TorchServe hands over at most that many
-        runtime = {
-            "minWorkers": 1,
-            "maxWorkers": 1,
-            "batchSize": 40,
-            "maxBatchDelay": 5,
-            "responseTimeout": 300,
-            "continuousBatching": True,
-        }
-        return {**implied, **handler}, runtime, CHAT_SAMPLE if chat else PROMPT_SAMPLE
-    workers = min(n_cores, 4)
-    threads = max(1, n_cores // workers)
-    handler = {**implied, "threads": threads, "max_batch_tokens": 1024}
-    runtime = {"minWorkers": workers, "maxWorkers": workers, "batchSize": 32, "maxBatchDelay": 1, "responseTimeout": 60}
-    return handler, runtime, SAMPLES[task]
+    """(handler, runtime, sample) for a new spec of `task` on a machine of `n_cores`: the task's
+    entry in the registry (handlers.tasks) says them."""
+    entry = TASKS[TaskName(task)]
+    handler, runtime = entry.settings(n_cores)
+    sample = entry.chat_sample if chat and entry.chat_sample is not None else entry.sample
+    return {**implied, **handler}, runtime, sample
 
 
 def _chat(folder: Path) -> bool:
@@ -128,8 +99,6 @@ def init(
     n_cores: int | None = None,
 ) -> Written:
     """Write models_dir/NAME/model.yaml for the model at `source` (a folder, or ORG/NAME on the Hub)."""
-    from handlers.tasks import TASKS
-
     if not NAME.fullmatch(name):
         raise ConfigError(
             f"{name!r} is not a model name: letters, digits, '-' and '_', starting with a letter or digit"
@@ -138,7 +107,7 @@ def init(
     if path.exists():
         raise ConfigError(f"{path} exists; transerve init does not overwrite a spec (edit it, or remove it first)")
     if task is not None and task not in TASKS:
-        raise ConfigError(f"--task: unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"--task: unknown task {task!r}; known tasks: {known()}")
 
     folder = Path(source).expanduser()
     if folder.is_dir():

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from handlers.config import TASK_KEYS, ConfigError, HandlerConfig, parse_dataclass
+from handlers.tasks import TASKS, TaskName
 
 REPO = Path(__file__).resolve().parents[2]
 # Weights in these formats unpickle arbitrary code: left out of archives unless handler.allow_pickle.
@@ -238,7 +239,7 @@ class ModelSpec:
         Without a `task` key the files decide (transerve.build.detect); with one, they only give defaults."""
         from transerve.build.detect import DetectError, detect
 
-        stub = ModelVersion(self.name, "", source, HandlerConfig(task="embedding"), Runtime(), self.file, ())
+        stub = ModelVersion(self.name, "", source, HandlerConfig(task=TaskName.EMBEDDING), Runtime(), self.file, ())
         try:
             found = detect(stub.source_dir(), source.gguf)
         except DetectError as e:
@@ -250,7 +251,7 @@ class ModelSpec:
                 raise
             return self.raw.task, {}  # a missing package or folder is the archive build's to report
         if self.raw.task is None:
-            return found.task, found.handler
+            return str(found.task), found.handler  # the plain string: specs and archives are YAML
         return self.raw.task, found.handler if found.task == self.raw.task else {}
 
 
@@ -294,9 +295,10 @@ ONE_WORKER = (
 def _check_continuous(mv: ModelVersion, where: str) -> None:
     if not mv.runtime.continuousBatching:
         return
-    if mv.handler.task != "generation":
+    if not mv.handler.entry.decodes:
+        decoders = ", ".join(name for name, task in TASKS.items() if task.decodes)
         raise SpecError(
-            f"{where}: runtime.continuousBatching: only generation decodes step by step; "
+            f"{where}: runtime.continuousBatching: only {decoders} decodes step by step; "
             f"this version's task is {mv.handler.task}"
         )
     if mv.runtime.maxWorkers > 1:

@@ -309,7 +309,7 @@ def drain(
         mv = None  # a version the spec no longer lists: the longest generation bound, and try the route
     if mv is not None:
         continuous = bool(mv.runtime.continuousBatching)
-        limit = float(mv.handler.max_timeout if mv.task == "generation" else mv.runtime.responseTimeout)
+        limit = float(mv.handler.max_timeout if mv.handler.entry.decodes else mv.runtime.responseTimeout)
     bound = limit if bound is None else bound
     held = {"queued": 0, "running": 0, "workers": 0}
 
