@@ -11,7 +11,7 @@ import functools
 import reprlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -199,7 +199,7 @@ class HandlerConfig:
         """What this task is (handlers.tasks); the task is known once parse_dataclass has checked it."""
         return entry(self.task)
 
-    def check(self):
+    def check(self) -> Iterator[tuple[str, str]]:
         try:
             task = entry(self.task)
         except ValueError as e:

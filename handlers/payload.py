@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers.config import short
+
+if TYPE_CHECKING:
+    from handlers.protocols.base import Protocol
 
 
 class InputError(Exception):
@@ -54,11 +57,11 @@ class Payload:
 
     inputs: list[str]
     single: bool
+    wire: Protocol  # the protocol (handlers/protocols) that read it and writes its answer
     parameters: dict[str, Any] = field(default_factory=dict)
     # A chat, [{role, content}, ...], sent instead of inputs; only chat tasks accept it.
     messages: list[dict[str, str]] | None = None
     stream: bool = False
-    wire: Any = None  # the handlers.protocols.Protocol that read it and writes its answer
 
 
 def read_body(row: Any, example: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Entities:
     """Token classification: entities in transformers' pipeline shape ({entity or
     entity_group, score, word, start, end}, with index when not aggregated)."""
 
-    entities: list[dict]
+    entities: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)

@@ -26,19 +26,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from handlers.generation.sampling import choose
 from handlers.generation.text import Text, first_stop, safe_prefix
 
+if TYPE_CHECKING:
+    from handlers.tasks.base import Item
+    from handlers.tasks.generation import GenerationParams
+
 
 @dataclass(eq=False)
 class Row:
     """One prompt being generated, with everything that decides its tokens and its end."""
 
-    item: Any  # the request (handlers.tasks.base.Item) this row answers
+    item: Item[GenerationParams] | None  # the request this row answers (None: a row decoded outside
+    # any request, as preparation proves a GGUF file)
     prompt: list[int]
     max_new: int
     sample: bool
@@ -89,9 +94,17 @@ class Engine(Protocol):
 
     Every running row's last token is not in the KV state yet: `forward` feeds it."""
 
-    rows: list[Row]  # running: in the KV state, in the order forward's logits come
-    prefilling: list[Row]  # admitted, their prompts not all in the KV state yet
-    capacity: int | None  # the most rows it holds at once (running and prefilling); None: no limit
+    @property
+    def rows(self) -> list[Row]:
+        """Running: in the KV state, in the order forward's logits come."""
+
+    @property
+    def prefilling(self) -> list[Row]:
+        """Admitted, their prompts not all in the KV state yet."""
+
+    @property
+    def capacity(self) -> int | None:
+        """The most rows it holds at once (running and prefilling); None: no limit."""
 
     def admit(self, rows: list[Row], chunk: int | None) -> None:
         """Queue the rows' prompts, prefilled at the next forwards (`chunk` tokens a step each)."""
@@ -199,6 +212,7 @@ class Decoder:
             row.finish = "eos"
         else:
             checked = len(row.text)
+            assert row.detokenizer is not None, "admitted rows have one"
             row.detokenizer.add(row.tokens)
             row.text = row.detokenizer.value
             cut = first_stop(row.text, row.stops, since=checked) if row.stops else None

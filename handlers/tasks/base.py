@@ -6,7 +6,7 @@ import abc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 import transformers
@@ -18,15 +18,20 @@ from handlers.payload import InputError, Payload
 from handlers.results import Result
 from handlers.tasks import TASKS, TaskEntry, TaskName
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 logger = logging.getLogger(__name__)
+
+P = TypeVar("P", bound="DataclassInstance")  # a task's parameters dataclass
 
 
 @dataclass
-class Item:
+class Item(Generic[P]):
     """One request as a task sees it: its payload, validated parameters, and its fate."""
 
     payload: Payload
-    params: Any
+    params: P
     error: InputError | None = None
     index: int = 0  # the request's position in its TorchServe batch
 
@@ -35,14 +40,14 @@ class Item:
         return len(self.payload.inputs)
 
 
-class Task(abc.ABC):
+class Task(abc.ABC, Generic[P]):
     """load once; then per TorchServe batch: parse each request, collate, forward, results.
 
     `forward` gets the inputs of every item `collate` accepted, flattened in order, and
     returns one output per input; the handler gives each item back its own slice.
     """
 
-    Params: type[Any]  # dataclass of the per-request `parameters` this task accepts
+    Params: type[P]  # dataclass of the per-request `parameters` this task accepts
     name: TaskName  # its entry in the registry (handlers.tasks.TASKS)
     chat = False  # accepts `messages`
     streams = False  # accepts `"stream": true`
@@ -59,7 +64,7 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None: ...
 
-    def parse(self, payload: Payload) -> Item:
+    def parse(self, payload: Payload) -> Item[P]:
         if payload.messages is not None and not self.chat:
             raise InputError(
                 f"'messages' is for chat models; this model's task is {self.name}: send 'inputs'",
@@ -77,7 +82,7 @@ class Task(abc.ABC):
         return Item(payload, params)
 
     @abc.abstractmethod
-    def collate(self, items: Sequence[Item]) -> Any:
+    def collate(self, items: Sequence[Item[P]]) -> Any:
         """One model batch from the items' inputs, None when none is left to run.
 
         May reject an item by setting its error.
@@ -88,7 +93,7 @@ class Task(abc.ABC):
         """One output per input of the batch; never called with None."""
 
     @abc.abstractmethod
-    def results(self, item: Item, outputs: list) -> Sequence[Result]:
+    def results(self, item: Item[P], outputs: list) -> Sequence[Result]:
         """One typed result per input of `item`, from its own outputs (a protocol writes them)."""
 
     @abc.abstractmethod
@@ -209,7 +214,7 @@ def model_max_length(tokenizer, model_config, configured: int | None) -> int:
     return min(limits)
 
 
-class EncoderTask(Task):
+class EncoderTask(Task[P]):
     """A task answered by one encoder forward: fast tokenizer, safetensors model, token limit."""
 
     def load(self, model_dir: str, cfg: HandlerConfig, device: torch.device) -> None:
@@ -245,7 +250,7 @@ class EncoderTask(Task):
         tokens = batch if isinstance(batch, Tokens) else batch.tokens
         return Usage(input_tokens=sum(tokens.lengths))
 
-    def tokens(self, items: Sequence[Item], **fields: bool) -> Tokens | None:
+    def tokens(self, items: Sequence[Item[P]], **fields: bool) -> Tokens | None:
         """The accepted items' inputs tokenized in one call and padded to the longest."""
         truncate = True if self.cfg.truncate is None else self.cfg.truncate
         rows = tokenize(self.tokenizer, items, self.max_length, truncate, **fields)

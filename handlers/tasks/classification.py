@@ -20,7 +20,7 @@ class ClassificationParams:
     truncate: bool | None = None
 
 
-class ClassificationTask(EncoderTask):
+class ClassificationTask(EncoderTask[ClassificationParams]):
     name = TaskName.CLASSIFICATION
     Params = ClassificationParams
 
@@ -35,7 +35,7 @@ class ClassificationTask(EncoderTask):
         else:
             self.activation = lambda logits: torch.softmax(logits, dim=-1)
 
-    def parse(self, payload: Payload) -> Item:
+    def parse(self, payload: Payload) -> Item[ClassificationParams]:
         item = super().parse(payload)
         if item.params.top_k is not None and item.params.top_k < 1:
             raise InputError(
@@ -44,14 +44,14 @@ class ClassificationTask(EncoderTask):
             )
         return item
 
-    def collate(self, items: Sequence[Item]) -> Tokens | None:
+    def collate(self, items: Sequence[Item[ClassificationParams]]) -> Tokens | None:
         return self.tokens(items)
 
     def forward(self, batch: Tokens) -> list:
         logits = torch.stack(self.per_row(batch, self.engine))
         return self.activation(logits.float()).cpu().tolist()
 
-    def results(self, item: Item, outputs: list) -> list[Labels]:
+    def results(self, item: Item[ClassificationParams], outputs: list) -> list[Labels]:
         top_k = item.params.top_k
         return [
             Labels(

@@ -25,11 +25,11 @@ class EmbeddingBatch:
     normalize: torch.Tensor  # one flag per row
 
 
-class EmbeddingTask(EncoderTask):
+class EmbeddingTask(EncoderTask[EmbeddingParams]):
     name = TaskName.EMBEDDING
     Params = EmbeddingParams
 
-    def collate(self, items: Sequence[Item]) -> EmbeddingBatch | None:
+    def collate(self, items: Sequence[Item[EmbeddingParams]]) -> EmbeddingBatch | None:
         tokens = self.tokens(items)
         if tokens is None:
             return None
@@ -54,7 +54,7 @@ class EmbeddingTask(EncoderTask):
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
-    def results(self, item: Item, outputs: list) -> list[Embedding]:
+    def results(self, item: Item[EmbeddingParams], outputs: list) -> list[Embedding]:
         return [Embedding(vector, tokens) for vector, tokens in outputs]
 
     @property

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import random
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -78,7 +79,7 @@ class Prompts:
     started_at: float = 0.0
 
 
-class GenerationTask(Task):
+class GenerationTask(Task[GenerationParams]):
     name = TaskName.GENERATION
     Params = GenerationParams
     chat = True
@@ -124,7 +125,7 @@ class GenerationTask(Task):
             if self.engine.vocab != self.vocab_size:
                 raise ValueError(f"the GGUF file has {self.engine.vocab} tokens, its saved config {self.vocab_size}")
 
-    def parse(self, payload: Payload) -> Item:
+    def parse(self, payload: Payload) -> Item[GenerationParams]:
         item = super().parse(payload)
         params = item.params
         if params.max_new_tokens is not None and params.max_new_tokens > self.cfg.max_new_tokens:
@@ -157,7 +158,7 @@ class GenerationTask(Task):
                 f"'messages' do not fit this model's chat template: {e}", reason="invalid_messages"
             ) from None
 
-    def collate(self, items: Sequence[Item]) -> Prompts | None:
+    def collate(self, items: Sequence[Item[GenerationParams]]) -> Prompts | None:
         # A rendered chat carries its own special tokens; a raw prompt gets the tokenizer's.
         # So one tokenizer call for the chats and one for the raw prompts, not one per request.
         encoded: dict[int, list[list[int]]] = {}
@@ -176,7 +177,7 @@ class GenerationTask(Task):
             )
             for item in group:
                 encoded[id(item)] = [next(ids) for _ in item.payload.inputs]
-        rows = []
+        rows: list[Row] = []
         for item in items:
             prompts = encoded[id(item)]
             truncate = item.params.truncate
@@ -194,9 +195,9 @@ class GenerationTask(Task):
             rows.extend(self.row(item, ids[-self.max_length :]) for ids in prompts)
         return Prompts(rows) if rows else None
 
-    def row(self, item: Item, prompt: list[int]) -> Row:
+    def row(self, item: Item[GenerationParams], prompt: list[int]) -> Row:
         p, d = item.params, self.defaults
-        sample = (
+        sample = bool(
             p.do_sample
             if p.do_sample is not None
             else (d["do_sample"] or any(v is not None for v in (p.temperature, p.top_p, p.top_k)))
@@ -250,11 +251,11 @@ class GenerationTask(Task):
             per_token_seconds=[r.per_token_seconds for r in rows if r.per_token_seconds is not None],
         )
 
-    def results(self, item: Item, outputs: list[Row]) -> list[Generation]:
+    def results(self, item: Item[GenerationParams], outputs: list[Row]) -> list[Generation]:
         return [
             Generation(
                 r.text,
-                r.finish,
+                typing.cast(str, r.finish),  # every row is finished when its results are read
                 len(r.prompt),
                 len(r.tokens),
                 r.seed if r.sample else None,

@@ -40,7 +40,7 @@ class Token:
     subword: bool  # continues the word of the token before it
 
 
-class TokenClassificationTask(EncoderTask):
+class TokenClassificationTask(EncoderTask[TokenClassificationParams]):
     name = TaskName.TOKEN_CLASSIFICATION
     Params = TokenClassificationParams
 
@@ -51,14 +51,14 @@ class TokenClassificationTask(EncoderTask):
         backend = getattr(self.tokenizer, "_tokenizer", None)
         self.word_aware = bool(backend and getattr(backend.model, "continuing_subword_prefix", None))
 
-    def parse(self, payload: Payload) -> Item:
+    def parse(self, payload: Payload) -> Item[TokenClassificationParams]:
         item = super().parse(payload)
         ignore = item.params.ignore_labels
         if ignore is not None and not all(isinstance(label, str) for label in ignore):
             raise InputError("parameters.ignore_labels must be a list of label strings", reason="invalid_parameter")
         return item
 
-    def collate(self, items: Sequence[Item]) -> Tokens | None:
+    def collate(self, items: Sequence[Item[TokenClassificationParams]]) -> Tokens | None:
         return self.tokens(items, return_offsets_mapping=True, return_special_tokens_mask=True)
 
     def forward(self, batch: Tokens) -> list:
@@ -68,7 +68,7 @@ class TokenClassificationTask(EncoderTask):
         rows = self.per_row(batch, probabilities)
         return [(probs[:n], row) for probs, n, row in zip(rows, batch.lengths, batch.rows)]
 
-    def results(self, item: Item, outputs: list) -> list[Entities]:
+    def results(self, item: Item[TokenClassificationParams], outputs: list) -> list[Entities]:
         strategy = item.params.aggregation_strategy or self.cfg.aggregation
         ignore = {"O"} if item.params.ignore_labels is None else set(item.params.ignore_labels)
         return [

@@ -13,6 +13,7 @@ import torch
 from handlers.config import HandlerConfig
 from handlers.device import pick_device
 from handlers.payload import Payload
+from handlers.protocols.hf import HF
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -79,7 +80,7 @@ def test_embeddings_on_cuda_match_the_cpu(encoder_dir, dtype, cosine):
         task = EmbeddingTask()
         task.load(encoder_dir, HandlerConfig(task="embedding", dtype=kind, max_batch_tokens=64), device)
         assert next(task.model.parameters()).device.type == device.type
-        vectors[device.type] = torch.tensor([r.vector for r in run(task, Payload(inputs=TEXTS, single=False))])
+        vectors[device.type] = torch.tensor([r.vector for r in run(task, Payload(inputs=TEXTS, single=False, wire=HF()))])
     similarity = torch.nn.functional.cosine_similarity(vectors["cpu"], vectors["cuda"], dim=-1)
     assert similarity.min() >= cosine, similarity
 
@@ -113,6 +114,6 @@ def test_greedy_generation_on_cuda_is_the_cpus(decoder_dir):
     for device in (torch.device("cpu"), torch.device("cuda:0")):
         task = GenerationTask()
         task.load(decoder_dir, HandlerConfig(task="generation"), device)
-        payload = Payload(inputs=["the model answers", "a query"], single=False, parameters={"max_new_tokens": 12, "do_sample": False})
+        payload = Payload(inputs=["the model answers", "a query"], single=False, wire=HF(), parameters={"max_new_tokens": 12, "do_sample": False})
         texts[device.type] = [(r.text, r.generated_tokens) for r in run(task, payload)]
     assert texts["cuda"] == texts["cpu"] and all(n > 0 for _, n in texts["cpu"])

@@ -4,7 +4,10 @@ The operator side is four wings stacked one way: `build` (spec to archive) <- `t
 running server and its APIs) <- `operate` and `edge` (side by side: rollouts and deploys;
 the gateway and guard) <- `cli`. A module imports its own wing, the wings below it and
 `handlers/`; `handlers/` (what runs inside a worker) imports nothing of `transerve/`. Imports
-made inside functions count: a cycle or an upward import hidden that way is still one."""
+made inside functions count: a cycle or an upward import hidden that way is still one. Imports
+for the type checker alone (under `if TYPE_CHECKING:`) run nothing, so they may point back
+within a wing (a Payload names the Protocol that read it, a Row the Item it answers): they
+are left out of the cycle check, and still count for the wings."""
 
 from __future__ import annotations
 
@@ -20,12 +23,26 @@ def module_of(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def graph() -> dict[str, set[str]]:
+def typing_only(tree: ast.AST) -> set[ast.AST]:
+    """The nodes under `if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`)."""
+    found: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            found.update(n for statement in node.body for n in ast.walk(statement))
+    return found
+
+
+def graph(runtime: bool = False) -> dict[str, set[str]]:
+    """module -> the modules it imports; `runtime`: only the imports that run."""
     modules = {module_of(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
     edges: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        skipped = typing_only(tree) if runtime else set()
+        for node in ast.walk(tree):
+            if node in skipped:
+                continue
             targets = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -75,7 +92,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle():
-    edges = graph()
+    edges = graph(runtime=True)
     assert "handlers.protocols.hf" in edges and "transerve.build.archive" in edges
     assert not cycles(edges), cycles(edges)
 
@@ -113,6 +130,16 @@ def test_the_wing_check_finds_an_upward_import():
     assert upward(edges) == [("handlers.handler", "transerve.build.spec"),
                              ("transerve.build.spec", "transerve.torchserve.server"),
                              ("transerve.operate.rollout", "transerve.edge.gateway")]
+
+
+def test_only_type_checking_imports_are_left_out_of_the_cycle_check():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nelse:\n    import b\n"
+                     "def f():\n    import c\n")
+    skipped = typing_only(tree)
+    kept = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) and node not in skipped
+            for alias in node.names]
+    assert kept == ["b", "c"]
+    assert "handlers.protocols.base" in graph()["handlers.payload"] - graph(runtime=True)["handlers.payload"]
 
 
 def test_the_cycle_finder_finds_one():

@@ -207,8 +207,8 @@ def build(
             "to build from the same files every time"
         )
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="transerve-archive-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="transerve-archive-") as tmp_name:
+        tmp = Path(tmp_name)
         staged = stage(mv, tmp / "stage", log)
         out = tmp / "out"
         out.mkdir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from handlers.config import ConfigError
 from handlers.tasks import TASKS, TaskEntry, TaskName, known
@@ -19,10 +20,10 @@ from handlers.tasks import TASKS, TaskEntry, TaskName, known
 # transformers names heads this way for every architecture (BertForTokenClassification,
 # Qwen2ForCausalLM, GPT2LMHeadModel, ...). Only when no name has a head is a bare model
 # (BertModel: hidden states) served as its task says (`bare_architectures`).
-HEADS: list[tuple[str, TaskEntry, dict, str]] = [
+HEADS: list[tuple[str, TaskEntry, dict[str, Any], str]] = [
     (suffix, task, {}, "") for task in TASKS.values() for suffix in task.architectures
 ]
-BARE: list[tuple[str, TaskEntry, dict, str]] = [
+BARE: list[tuple[str, TaskEntry, dict[str, Any], str]] = [
     (suffix, task, task.bare_handler or {}, task.bare_why)
     for task in TASKS.values()
     for suffix in task.bare_architectures
@@ -40,10 +41,10 @@ class DetectError(ConfigError):
 class Detected:
     task: str
     why: str  # in words: what in the folder said so
-    handler: dict = field(default_factory=dict)  # settings the folder implies for that task
+    handler: dict[str, Any] = field(default_factory=dict)  # settings the folder implies for that task
 
 
-def _json(path: Path):
+def _json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except OSError:
@@ -52,7 +53,7 @@ def _json(path: Path):
         raise DetectError(f"{path}: not valid JSON: {e}") from None
 
 
-def _sentence_transformers(folder: Path, modules: list) -> Detected:
+def _sentence_transformers(folder: Path, modules: list[Any]) -> Detected:
     """An embedding model saved by sentence-transformers: modules.json lists its stages."""
     kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
     unsupported = sorted(set(kinds) - {"Transformer", "Pooling", "Normalize"})
@@ -66,7 +67,7 @@ def _sentence_transformers(folder: Path, modules: list) -> Detected:
             f"{folder}/modules.json: the transformer is in the subfolder "
             f"{kinds['Transformer']['path']!r}; point source at that folder"
         )
-    handler: dict = {"normalize": "Normalize" in kinds}
+    handler: dict[str, Any] = {"normalize": "Normalize" in kinds}
     if "Pooling" in kinds:
         pooling_file = folder / kinds["Pooling"].get("path", "1_Pooling") / "config.json"
         settings = _json(pooling_file) or {}

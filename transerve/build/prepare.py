@@ -312,6 +312,7 @@ def _export_onnx(source: Path, work: Path, mv: ModelVersion, log) -> dict:
             ) from None
         finally:
             quiet.level = level
+    assert program is not None, "torch.onnx.export(dynamo=True) returns the program"
     step("fusing ONNX Runtime's operators (onnxscript's ort_fusions: attention, layer norm, GELU)")
     graph, fused = optimize_for_ort(program.model)
     onnx_ir.save(graph, work / GRAPH, external_data=GRAPH + ".data")

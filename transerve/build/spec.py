@@ -150,6 +150,7 @@ class ModelVersion:
             return (self.spec_file.parent / self.source.dir / self.source.path).resolve()
         if self.source.hub is not None:
             return self.snapshot().path / self.source.path
+        assert self.source.package is not None, "a source is a dir, a hub repo or a package (Source.check)"
         found = importlib.util.find_spec(self.source.package)
         if found is None or not found.submodule_search_locations:
             raise SpecError(

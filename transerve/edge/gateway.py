@@ -59,7 +59,7 @@ class Gateway:
         self.key_file, self.refresh = key_file, refresh
         self.defaults: dict[str, tuple[str | None, float]] = {}  # name -> (default version, looked up at)
         self.started = int(time.time())
-        self.session: ClientSession | None = None
+        self.session: ClientSession  # TorchServe's connections, opened with the app (open)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)

@@ -61,7 +61,7 @@ def make_handler(upstream: str, store: Path, timeout: float):
                 if bad:
                     return self._reply(400, json.dumps(refusal(bad[0])).encode(), {"Content-Type": "application/json"})
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
-            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=timeout)
+            connection = http.client.HTTPConnection(str(target.hostname), target.port, timeout=timeout)
             try:
                 connection.request(self.command, self.path, body=body, headers=headers)
                 answer = connection.getresponse()

@@ -20,6 +20,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -298,7 +299,7 @@ def _header(command: str) -> str:
 
 # The example manifests committed under deploy/ (a unit test keeps them in step):
 # (target, model, version, output directory, export options).
-EXAMPLES = (
+EXAMPLES: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("kserve", "minilm-embed", "1.0", "deploy/kserve/minilm-embed-1.0", {"max_replicas": 4}),
     (
         "kserve",

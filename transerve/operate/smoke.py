@@ -8,10 +8,13 @@ what is wrong, in words; [] is fine.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers.tasks import TASKS, TaskName
 from handlers.tasks.answers import number
+
+if TYPE_CHECKING:
+    from transerve.build.spec import Sample
 
 
 def _inputs(request: Any) -> tuple[int, bool]:
@@ -29,7 +32,7 @@ def problems(task: str, request: Any, answer: Any) -> list[str]:
     return TASKS[TaskName(task)].answer(answer, *_inputs(request))
 
 
-def check(task: str, sample, answer: Any) -> list[str]:
+def check(task: str, sample: Sample, answer: Any) -> list[str]:
     """Everything wrong with `answer` to a spec sample: its shape, then its expected output."""
     wrong = problems(task, sample.request, answer)
     if sample.expect is not None:

@@ -11,6 +11,7 @@ Standard library only: the container's health probe reads it every few seconds.
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,11 @@ class RunDir:
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None
+
+    @typing.overload
+    def address(self, api: typing.Literal["inference", "management", "metrics"]) -> str: ...
+    @typing.overload
+    def address(self, api: typing.Literal["openai"]) -> str | None: ...
 
     def address(self, api: str) -> str | None:
         """Where a client calls `api`: inference, metrics, management (the guard's, when one
