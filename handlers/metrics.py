@@ -10,6 +10,8 @@ Metrics never fail a request: an error here is logged once and the request goes 
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
@@ -135,7 +137,7 @@ class HandlerMetrics:
         self.labels = [model_name, model_version, task]
         self._failed = False
 
-    def emit(self, name: str, value: float, *labels: str) -> None:
+    def emit(self, name: str, value: float, *labels: object) -> None:
         if self.cache is None:
             return
         kind, unit, extra, _ = METRICS[name]
@@ -150,3 +152,53 @@ class HandlerMetrics:
                 logger.exception("transerve: metric %s could not be emitted; metrics are skipped from now on", name)
             self._failed = True
             self.cache = None
+
+    def forward(self, usage, inputs: int, seconds: float) -> None:
+        """One model forward of a static batch: its time, its inputs and the task's token usage."""
+        self.emit("transerve_inference_seconds", seconds)
+        self.emit("transerve_forward_batches_total", 1)
+        self.emit("transerve_forward_inputs_total", inputs)
+        self.emit("transerve_batch_inputs", inputs)
+        self.emit("transerve_input_tokens_total", usage.input_tokens)
+        if usage.generated_tokens:
+            self.emit("transerve_generated_tokens_total", usage.generated_tokens)
+        for value in usage.first_token_seconds:
+            self.emit("transerve_time_to_first_token_seconds", value)
+        for value in usage.per_token_seconds:
+            self.emit("transerve_time_per_output_token_seconds", value)
+
+    def step(self, scheduler) -> None:
+        """One continuous batching call (handlers/generation/scheduler.py: `last`, what it did)."""
+        step = scheduler.last
+        self.emit("transerve_generation_running_rows", scheduler.decoder.busy)
+        self.emit("transerve_generation_waiting_requests", len(scheduler.waiting))
+        if step.generated:
+            self.emit("transerve_generated_tokens_total", step.generated)
+        if step.admitted:
+            self.emit("transerve_generation_rows_admitted_total", step.admitted)
+            self.emit("transerve_input_tokens_total", step.prompt_tokens)
+        for reason, count in step.ended.items():
+            self.emit("transerve_generation_rows_evicted_total", count, reason)
+        for value in step.queue_seconds:
+            self.emit("transerve_generation_queue_seconds", value)
+        for value in step.first_token_seconds:
+            self.emit("transerve_time_to_first_token_seconds", value)
+        for value in step.per_token_seconds:
+            self.emit("transerve_time_per_output_token_seconds", value)
+
+    def outcomes(self, counts: Counter) -> None:
+        """A call's answers, counted by (outcome, reason): one line per pair, not one per request,
+        since each emit is a line the frontend parses."""
+        for (outcome, reason), count in counts.items():
+            self.emit("transerve_requests_total", count, outcome, reason)
+
+    def in_flight(self, requests: int) -> None:
+        """What this worker holds now, for a rollout's drain (transerve/operate/rollout.py)."""
+        self.emit("transerve_requests_in_flight", requests, os.getpid())
+
+    def cuda_memory(self, device) -> None:
+        """The worker's CUDA memory, on a CUDA device (nothing on any other)."""
+        if device.type == "cuda":
+            import torch  # here, not at the top: transerve's CLI reads METRICS from this module without torch
+
+            self.emit("transerve_cuda_memory_allocated_bytes", torch.cuda.memory_allocated(device), device)
