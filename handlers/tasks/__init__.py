@@ -86,11 +86,6 @@ class TaskEntry:
     bare_handler: dict[str, Any] | None = None
     bare_why: str = ""
 
-    @property
-    def encoder(self) -> bool:
-        """One forward pass answers an input."""
-        return not self.decodes
-
 
 ENCODER_KEYS = ("max_batch_tokens",)
 DECODER_KEYS = (

@@ -37,7 +37,8 @@ import shutil
 import time
 from pathlib import Path
 
-from handlers.tasks import TASKS, TaskName, served_by
+from handlers.tasks import entry as task_entry
+from handlers.tasks import served_by
 from transerve.build.spec import PICKLED, REPO, ModelVersion, SpecError
 
 PREPARED = REPO / ".transerve" / "prepared"
@@ -342,7 +343,7 @@ def compare(task: str, expected, got, mask) -> dict:
     import torch
     import torch.nn.functional as F
 
-    if TASKS[TaskName(task)].output == "last_hidden_state":  # pooled as the embedding task pools
+    if task_entry(task).output == "last_hidden_state":  # pooled as the embedding task pools
         weights = mask.unsqueeze(-1).float()
         cosines = []
         for pool in (lambda h: (h * weights).sum(1) / weights.sum(1), lambda h: h[:, 0]):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.config import ConfigError
-from handlers.tasks import TASKS, TaskName, known
+from handlers.tasks import entry
 from transerve.build.detect import Detected, DetectError, detect
 from transerve.build.spec import SpecError, load_spec
 
@@ -64,9 +64,9 @@ def cores() -> int:
 def settings(task: str, implied: dict, n_cores: int, chat: bool) -> tuple[dict, dict, Any]:
     """(handler, runtime, sample) for a new spec of `task` on a machine of `n_cores`: the task's
     entry in the registry (handlers.tasks) says them."""
-    entry = TASKS[TaskName(task)]
-    handler, runtime = entry.settings(n_cores)
-    sample = entry.chat_sample if chat and entry.chat_sample is not None else entry.sample
+    task_entry = entry(task)
+    handler, runtime = task_entry.settings(n_cores)
+    sample = task_entry.chat_sample if chat and task_entry.chat_sample is not None else task_entry.sample
     return {**implied, **handler}, runtime, sample
 
 
@@ -106,8 +106,11 @@ def init(
     path = models_dir / name / "model.yaml"
     if path.exists():
         raise ConfigError(f"{path} exists; transerve init does not overwrite a spec (edit it, or remove it first)")
-    if task is not None and task not in TASKS:
-        raise ConfigError(f"--task: unknown task {task!r}; known tasks: {known()}")
+    if task is not None:
+        try:
+            entry(task)
+        except ValueError as e:
+            raise ConfigError(f"--task: {e}") from None
 
     folder = Path(source).expanduser()
     if folder.is_dir():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from handlers.tasks import TASKS, TaskName
+from handlers.tasks import entry
 from handlers.tasks.answers import number
 
 if TYPE_CHECKING:
@@ -27,9 +27,11 @@ def _inputs(request: Any) -> tuple[int, bool]:
 def problems(task: str, request: Any, answer: Any) -> list[str]:
     """What is wrong with the shape of `answer` to `request` for a model of `task` (the task's
     `answer` check in the registry: handlers.tasks.answers)."""
-    if task not in TASKS:
+    try:
+        shape = entry(task).answer
+    except ValueError:
         return [f"no shape check for task {task!r}"]
-    return TASKS[TaskName(task)].answer(answer, *_inputs(request))
+    return shape(answer, *_inputs(request))
 
 
 def check(task: str, sample: Sample, answer: Any) -> list[str]:
