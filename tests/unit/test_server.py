@@ -60,3 +60,32 @@ def test_on_free_ports_moves_every_listener(tmp_path):
     assert len(set(ports)) == 8 and not {8080, 8081, 8082, 7070, 7071} & set(ports)
     assert server.properties["job_queue_size"] == "7"
     assert Server.on_free_ports(tmp_path, tmp_path, openai=False).openai_address == ""
+
+
+def test_free_ports_skips_the_ports_to_avoid(monkeypatch):
+    import transerve.torchserve.server as server_module
+
+    given = iter([5000, 5001, 5000, 5002])  # what the kernel hands out, a port promised elsewhere first
+
+    class FakeSocket:
+        def bind(self, address):
+            self.port = next(given)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(server_module.socket, "socket", FakeSocket)
+    assert server_module.free_ports(2, avoid={5000}) == [5001, 5002]
+
+
+def test_the_guards_private_ports_are_none_of_the_ports_named_for_other_listeners(tmp_path):
+    overrides = {"inference_address": "http://127.0.0.1:18080", "management_address": "http://127.0.0.1:18081",
+                 "metrics_address": "http://127.0.0.1:18082/", "grpc_inference_port": "17070",
+                 "openai_address": "http://127.0.0.1:18000"}
+    server = Server(tmp_path / "store", tmp_path / "run", overrides=overrides)
+    assert server.named_ports() >= {18080, 18082, 17070, 18000}
+    private = {int(server.properties["management_address"].rsplit(":", 1)[1]), int(server.properties["grpc_management_port"])}
+    assert len(private) == 2 and not private & {18080, 18081, 18082, 17070, 7071, 18000}

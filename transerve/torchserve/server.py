@@ -54,6 +54,9 @@ def java_version() -> int | None:
     return int(found.group(2)) if major == 1 else major
 
 
+GRPC_DEFAULTS = (("inference", "7070"), ("management", "7071"))  # TorchServe's, when unset
+
+
 @dataclass
 class Server:
     """One TorchServe: its run directory, its model store and its effective properties."""
@@ -86,10 +89,18 @@ class Server:
             f"{self.properties.get('grpc_management_port', '7071')}"
         )
         if self.guard:  # TorchServe's own management APIs move to private loopback ports
-            rest, grpc = free_ports(2)
+            # not onto a port given to another listener: none of them is up yet, so each looks free
+            rest, grpc = free_ports(2, avoid=self.named_ports())
             self.properties["management_address"] = f"http://127.0.0.1:{rest}"
             self.properties["grpc_management_address"] = "127.0.0.1"
             self.properties["grpc_management_port"] = str(grpc)
+
+    def named_ports(self) -> set[int]:
+        """The ports the properties give TorchServe's listeners and the gateway (TorchServe's
+        defaults for the gRPC ports left out)."""
+        addresses = [self.properties.get(f"{api}_address", "") for api in ("inference", "management", "metrics")]
+        ports = {int(m.group(1)) for a in (*addresses, self.openai_address) if (m := re.search(r":(\d+)/*$", a))}
+        return ports | {int(self.properties.get(f"grpc_{api}_port", default)) for api, default in GRPC_DEFAULTS}
 
     @classmethod
     def on_free_ports(
@@ -371,13 +382,18 @@ class Server:
         return stopped
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports free right now (all held open while they are picked)."""
-    sockets = [socket.socket() for _ in range(count)]
+def free_ports(count: int, avoid: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """`count` distinct loopback ports free right now and not in `avoid` (ports promised to
+    listeners not up yet); all held open while they are picked, so none comes twice."""
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+        while len(ports) < count:
+            sockets.append(socket.socket())
+            sockets[-1].bind(("127.0.0.1", 0))
+            if (port := sockets[-1].getsockname()[1]) not in avoid:
+                ports.append(port)
+        return ports
     finally:
         for s in sockets:
             s.close()
